@@ -1,0 +1,22 @@
+"""Group-relative advantages (GRPO, Shao et al. 2024; d1 Eq. 2; BGPO Eq. 18)."""
+
+from __future__ import annotations
+
+import torch
+
+STD_EPS = 1e-6  # BGPO's Eq. 18 divides by the group std with no epsilon; equal rewards would divide by zero (P8)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool) -> torch.Tensor:
+    """A_i = r_i - mean_group(r), optionally / (std_group(r) + eps). rewards [B*G] grouped contiguously -> [B*G]."""
+    grouped = rewards.view(-1, group_size)  # [B, G]
+    centered = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
+    if scale_by_std:
+        centered = centered / (grouped.std(dim=1, keepdim=True) + STD_EPS)  # unbiased std, as TRL and DARE
+    return centered.reshape(-1)  # [B*G]
+
+
+def frac_zero_std(rewards: torch.Tensor, group_size: int) -> float:
+    """Share of groups whose rewards are all equal: they carry no learning signal (TRL's frac_reward_zero_std)."""
+    grouped = rewards.view(-1, group_size)  # [B, G]
+    return float((grouped.std(dim=1) == 0).float().mean())

@@ -1,0 +1,39 @@
+"""Greedy evaluation of a policy on a task split: every metric with a 95% interval, plus per-item records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from harness.config import RolloutConfig
+from harness.policy import Policy
+from harness.rollout import generate
+from harness.stats import Estimate, bootstrap_mean
+from tasks.base import Item, Task
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: dict[str, Estimate]  # metric name -> mean over items with a bootstrap 95% interval
+    items: list[dict]  # per item: id, completion, and every score
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {name: {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n} for name, e in self.metrics.items()}
+
+
+def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConfig, batch_size: int = 100,
+             seed: int = 0) -> EvalResult:
+    """Decode every item with ``cfg`` (greedy when temperature is 0) and score it with ``task.score``."""
+    generator = torch.Generator().manual_seed(seed)
+    records: list[dict] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        ids, mask = policy.encode_prompts([task.prompt(it) for it in chunk])
+        rollout = generate(policy, ids, mask, cfg, generator)
+        for item, text in zip(chunk, rollout.texts, strict=True):
+            records.append({"id": item.id, "completion": text, **task.score(item, text)})
+    names = [k for k in records[0] if k not in ("id", "completion")] if records else []
+    metrics = {name: bootstrap_mean([r[name] for r in records], seed=seed) for name in names}
+    return EvalResult(metrics=metrics, items=records)

@@ -1,0 +1,176 @@
+"""LLaDA's rollout sampler: semi-autoregressive blocks, a fixed reveal schedule, low-confidence remasking.
+
+Reference: LLaDA ``generate.py`` (github ML-GSAI/LLaDA, ``generate``, ``get_num_transfer_tokens``,
+``add_gumbel_noise``) and algorithms.md §2. The completion starts as ``gen_length`` mask tokens after the
+left-padded prompt. Blocks of ``block_length`` are denoised left to right, ``steps / num_blocks`` steps each. At every
+step the bidirectional mask predictor sees the whole sequence; a token x0 is sampled for each masked position of the
+current block and the ``k_s`` most confident of them are revealed and kept fixed, with
+``k_s = floor(m / S) + 1[s < m mod S]`` for ``m`` masked tokens in the block and ``S`` steps per block.
+
+Departures from LLaDA's ``generate.py``, each deliberate:
+1. Gumbel-max is computed as ``argmax(logits / T + g)`` with ``g = -log(-log U)`` in float64, never as
+   ``exp(logits) / (-log U) ** T``: the same argmax (take the log and divide by T) without the overflow of
+   ``exp(logits)`` for large logits (pitfall P14).
+2. All randomness (Gumbel noise, the confidence of ``remasking='random'``) comes from the explicit ``generator``
+   argument; the global RNGs are never touched (pitfall P1). Numbers are drawn on the generator's device and then
+   moved to the policy's device, so a CPU generator can drive a sampler on an accelerator and the draws are
+   identical whatever device the policy is on.
+3. Only the current block is sampled: logits are sliced to the block before the float64 copy, so the sampler
+   holds [N, block_length, V] float64 tensors rather than [N, T, V] ones. LLaDA samples every position and then
+   discards those outside the block; the revealed tokens are the same, the random stream is not.
+4. The mask token itself can never be sampled (its logit is set to -inf before sampling), so a reveal always
+   removes a mask. Confidence is the softmax probability of x0 under that distribution (no temperature).
+5. A step whose schedule reveals nothing in every row (possible when ``steps_per_block > block_length``) is
+   skipped instead of spending a forward pass on it. With ``steps <= gen_length`` the policy is called exactly
+   ``steps`` times.
+6. The per-row top-k is vectorised (a stable sort and a rank threshold) instead of a Python loop over rows; ties
+   go to the leftmost position.
+7. Left-padded prompts get an attention mask (False on padding), as the LLaDA demo does and d1 does not
+   (pitfall P6). No classifier-free guidance and no ``logits_eos_inf`` / ``confidence_eos_eot_inf`` options
+   (d1 runs with ``cfg_scale = 0``).
+8. The answer mask is computed here with d1's convention: tokens up to and including the first EOS
+   (``Rollout.completion_mask``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from harness.config import RolloutConfig
+from harness.structs import Rollout
+
+LOW_CONFIDENCE = "low_confidence"
+"""Remasking rule: reveal the positions whose sampled token the model is most sure of (LLaDA's default)."""
+RANDOM = "random"
+"""Remasking rule: reveal uniformly random masked positions of the block."""
+GREEDY_TEMPERATURE = 0.0
+"""Temperature at which sampling becomes argmax decoding (no random numbers drawn)."""
+SAMPLING_DTYPE = torch.float64
+"""Precision of the Gumbel noise and the confidence (LLaDA: low-precision Gumbel-max hurts generation quality)."""
+
+
+class SamplingPolicy(Protocol):
+    """What the sampler needs from a policy (``harness.policy.Policy`` satisfies it)."""
+
+    mask_id: int
+    eos_id: int
+    pad_id: int
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_completions(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]: ...
+
+
+def generate(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
+             generator: torch.Generator) -> Rollout:
+    """Sample one completion per prompt row with LLaDA's semi-autoregressive low-confidence remasking.
+
+    Args:
+        prompt_ids: [N, P] long, left-padded with ``policy.pad_id``.
+        prompt_mask: [N, P] bool, False on the left padding.
+        generator: the only source of randomness; may live on another device than the policy.
+    """
+    cfg.validate()
+    device = policy.device
+    num_blocks = cfg.gen_length // cfg.block_length
+    steps_per_block = cfg.steps // num_blocks
+    prompt_ids = prompt_ids.to(device)  # [N, P]
+    prompt_mask = prompt_mask.to(device=device, dtype=torch.bool)  # [N, P]
+    n, p = prompt_ids.shape
+    masks = torch.full((n, cfg.gen_length), policy.mask_id, dtype=torch.long, device=device)  # [N, L]
+    x = torch.cat([prompt_ids, masks], dim=1)  # [N, T]
+    attention_mask = torch.cat([prompt_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1)  # [N, T]
+
+    for block in range(num_blocks):
+        start = p + block * cfg.block_length
+        block_slice = slice(start, start + cfg.block_length)
+        masked_per_row = (x[:, block_slice] == policy.mask_id).sum(dim=1)  # [N]
+        schedule = reveal_schedule(masked_per_row, steps_per_block)  # [N, S]
+        active = schedule.any(dim=0).tolist()  # one host sync per block, not per step
+        for step in range(steps_per_block):
+            if active[step]:
+                _denoise_step(policy, x, attention_mask, block_slice, schedule[:, step], cfg, generator)
+
+    completion_ids = x[:, p:]  # [N, L]
+    completion_mask = first_eos_mask(completion_ids, policy.eos_id)  # [N, L]
+    texts = policy.decode_completions(completion_ids, completion_mask)
+    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                   completion_mask=completion_mask, texts=texts)
+
+
+def _denoise_step(policy: SamplingPolicy, x: torch.Tensor, attention_mask: torch.Tensor, block_slice: slice,
+                  reveal_counts: torch.Tensor, cfg: RolloutConfig, generator: torch.Generator) -> None:
+    """One reverse step in place on x [N, T]: reveal ``reveal_counts`` [N] masked tokens of the block per row."""
+    with torch.no_grad():
+        logits = policy.logits(x, attention_mask)[:, block_slice]  # [N, Lb, V]
+    mask_column = torch.tensor([policy.mask_id], device=logits.device)
+    logits = logits.to(SAMPLING_DTYPE).index_fill(-1, mask_column, float("-inf"))  # [N, Lb, V], a fresh copy
+    x0, confidence = sample_tokens(logits, cfg.temperature, generator)  # [N, Lb], [N, Lb]
+    if cfg.remasking == RANDOM:
+        confidence = _uniform(confidence.shape, generator, confidence.device)  # [N, Lb]
+    block = x[:, block_slice]  # [N, Lb], a view into x
+    still_masked = block == policy.mask_id  # [N, Lb]
+    confidence = confidence.masked_fill(~still_masked, float("-inf"))  # revealed tokens stay fixed
+    reveal = _top_k_mask(confidence, reveal_counts) & still_masked  # [N, Lb]
+    x[:, block_slice] = torch.where(reveal, x0, block)
+
+
+def reveal_schedule(masked_per_row: torch.Tensor, steps: int) -> torch.Tensor:
+    """Tokens to reveal at each step: k_s = floor(m / S) + 1[s < m mod S]; [N] -> [N, S] long, rows sum to m.
+
+    LLaDA's linear noise schedule (its Eq. 8) makes the expected number of tokens revealed per step constant; the
+    remainder goes to the earliest steps. Example: m = 8, S = 3 -> [3, 3, 2].
+    """
+    m = masked_per_row.long().unsqueeze(1)  # [N, 1]
+    step_index = torch.arange(steps, device=m.device).unsqueeze(0)  # [1, S]
+    return m // steps + (step_index < m % steps).long()  # [N, S]
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample x0 ~ softmax(logits / T) by Gumbel-max (argmax at T = 0) and return it with its confidence.
+
+    Args:
+        logits: [N, L, V] float; cast to float64 for the noise and the confidence.
+        temperature: T >= 0; T = 0 draws nothing from the generator.
+
+    Returns:
+        x0: [N, L] long, the sampled token ids.
+        confidence: [N, L] float64, softmax(logits)[x0] without temperature (LLaDA's low-confidence score).
+    """
+    logits = logits.to(SAMPLING_DTYPE)  # [N, L, V]
+    if temperature == GREEDY_TEMPERATURE:
+        x0 = logits.argmax(dim=-1)  # [N, L]
+    else:
+        # U = 0 would give g = -inf (never chosen) but clamping keeps the arithmetic free of infinities.
+        uniform = _uniform(logits.shape, generator, logits.device).clamp_min_(torch.finfo(SAMPLING_DTYPE).tiny)
+        gumbel = -torch.log(-torch.log(uniform))  # [N, L, V]
+        x0 = (logits / temperature + gumbel).argmax(dim=-1)  # [N, L]
+    picked = logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # [N, L]
+    confidence = torch.exp(picked - torch.logsumexp(logits, dim=-1))  # [N, L], never exp(logits) itself
+    return x0, confidence
+
+
+def first_eos_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """[N, L] -> [N, L] bool: True up to and including the first EOS of each row, all True in rows without one."""
+    is_eos = ids == eos_id  # [N, L]
+    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # [N, L], EOS tokens strictly left of each position
+    return eos_before == 0
+
+
+def _uniform(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """U[0, 1) in float64, drawn on the generator's device (a CPU generator cannot fill a GPU tensor), then moved."""
+    return torch.rand(shape, generator=generator, device=generator.device, dtype=SAMPLING_DTYPE).to(device)
+
+
+def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[N, L] scores and [N] counts -> [N, L] bool marking each row's k highest scores (ties: leftmost first)."""
+    order = scores.argsort(dim=1, descending=True, stable=True)  # [N, L]
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device)
+                                             .expand_as(order))  # [N, L], rank of each position in its row
+    return ranks < k.to(ranks.device).unsqueeze(1)  # [N, L]

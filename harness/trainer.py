@@ -1,0 +1,103 @@
+"""The RL loop. ``rl_step`` is the one function to read: rollout -> reward -> advantage -> objective loss and
+backward -> optimizer step -> metrics, top to bottom. Measurement wraps phases; it is never interleaved with them.
+
+Distributed training is accelerate's job, not ours: ``train`` asks an ``Accelerator`` for the device, wraps the model
+and optimizer with ``prepare`` and back-propagates with ``accelerator.backward``, so ``accelerate launch`` (DDP, FSDP)
+runs this same code, each process drawing its own prompts (groups never straddle processes).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+
+from harness.advantages import frac_zero_std, group_advantages
+from harness.config import TrainConfig
+from harness.measure import Meter
+from harness.policy import Policy
+from harness.rollout import generate
+from harness.structs import Batch
+from objectives.base import Objective
+from tasks.base import Item, Task
+
+SEED_STRIDE = 1_000_003  # separates per-step seeds of runs with different base seeds
+
+
+def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: Sequence[Item], cfg: TrainConfig,
+            optimizer: torch.optim.Optimizer, scheduler, accelerator: Accelerator, meter: Meter,  # noqa: ANN001
+            generator: torch.Generator, seed: int) -> dict[str, float]:
+    """One rollout batch and its ``cfg.mu`` optimizer updates. Returns flat, TRL-named metrics."""
+    group = [item for item in items for _ in range(cfg.group_size)]  # [N] each prompt G times, groups contiguous
+    with meter.phase("rollout"):
+        prompt_ids, prompt_mask = policy.encode_prompts([task.prompt(item) for item in group])  # [N, P]
+        rollout = generate(policy, prompt_ids, prompt_mask, cfg.rollout, generator)  # [N, L]
+    with meter.phase("reward"):
+        rewards = torch.tensor([task.reward(item, text) for item, text in zip(group, rollout.texts, strict=True)],
+                               dtype=torch.float32)  # [N]
+    advantages = group_advantages(rewards, cfg.group_size, objective.config.scale_by_std)  # [N]
+    batch = Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=cfg.group_size,
+                  seed=seed * SEED_STRIDE + step)
+
+    stats: dict[str, list[float]] = defaultdict(list)
+    with meter.phase("update"):
+        prepared = objective.prepare(policy, batch, cfg.mu)  # draws; old-policy terms for updates 1..mu-1
+        for inner in range(cfg.mu):  # ALGO: update 0 is on-policy, later ones replay the same draws off-policy
+            loss = 0.0
+            for term in objective.loss_terms(policy, prepared, inner):
+                accelerator.backward(term.loss)  # frees this term's graph before the next one is built
+                loss += float(term.loss.detach())
+                for key, value in term.stats.items():
+                    stats[key].append(float(value))
+            grad_norm = accelerator.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats["loss/policy"].append(loss)
+            stats["grad_norm"].append(float(grad_norm))
+
+    reading = meter.read()
+    metrics = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
+               "frac_reward_zero_std": frac_zero_std(rewards, cfg.group_size),
+               "completions/mean_length": float(rollout.completion_mask.sum(-1).float().mean()),
+               "lr": scheduler.get_last_lr()[0]}
+    metrics |= {key: sum(values) / len(values) for key, values in stats.items()}
+    metrics |= {f"time/{phase}_s": seconds for phase, seconds in reading.times_s.items()}
+    if reading.peak is not None:
+        metrics |= reading.peak.to_mb()
+    return metrics
+
+
+def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, seed: int,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Run ``cfg.steps`` RL steps on the task's train split; returns the per-step metrics."""
+    cfg.validate()
+    accelerator = Accelerator(cpu=policy.device.type == "cpu")
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(cfg.warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / (warmup + 1)))
+    if objective.needs_reference:
+        policy.snapshot_reference()
+    policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
+    pool = task.load("train")
+    sampler = random.Random(seed + accelerator.process_index)
+    generator = torch.Generator().manual_seed(seed + accelerator.process_index)
+    history = []
+    for step in range(cfg.steps):
+        meter = Meter(model=accelerator.unwrap_model(policy.model), optimizer=optimizer, device=policy.device,
+                      track_memory=step < cfg.track_memory_steps)
+        items = sampler.sample(pool, cfg.prompts_per_step)
+        started = time.perf_counter()
+        metrics = rl_step(step, policy, objective, task, items, cfg, optimizer, scheduler, accelerator, meter,
+                          generator, seed)
+        metrics["time/step_s"] = time.perf_counter() - started
+        metrics["mem_tracked"] = float(step < cfg.track_memory_steps)
+        history.append(metrics)
+        if on_step is not None:
+            on_step(step, metrics)
+    policy.model = accelerator.unwrap_model(policy.model)
+    return history

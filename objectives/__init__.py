@@ -1,0 +1,11 @@
+"""RL objectives for diffusion LLMs. Adding one: a new file with a class and its config, plus one line below."""
+
+from objectives.bgpo import BGPO
+from objectives.diffu_grpo import DiffuGRPO
+from objectives.vrpo import VRPO
+
+OBJECTIVES: dict[str, type] = {
+    "bgpo": BGPO,
+    "vrpo": VRPO,
+    "diffu-grpo": DiffuGRPO,
+}

@@ -1,0 +1,37 @@
+"""The Objective interface: how the trainer talks to every RL objective.
+
+An objective turns a scored rollout batch into a stream of ``LossTerm``s. The trainer calls ``backward()`` on each
+term as it arrives, so an objective controls how many autograd graphs are alive at once by how it yields: BGPO
+yields one term per Monte Carlo draw (one graph alive), VRPO-OL one term holding all n_t graphs. The gradient of the
+objective is the sum of the terms' gradients; the loss value is the sum of their values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+import torch
+
+from harness.policy import Policy
+from harness.structs import Batch
+
+
+class LossTerm(NamedTuple):
+    loss: torch.Tensor  # scalar; backward() on every term of an update == gradient of the negated objective
+    stats: dict[str, torch.Tensor]  # detached diagnostics, averaged over terms by the trainer
+
+
+class Objective(Protocol):
+    name: ClassVar[str]
+    uses_nt: ClassVar[bool]  # False: the scheduler collapses the n_t axis for this objective
+    needs_reference: bool  # True: the trainer snapshots the base model as the KL reference
+    config: Any  # the objective's own frozen config dataclass; has ``scale_by_std``
+
+    def prepare(self, policy: Policy, batch: Batch, mu: int) -> Any:
+        """Once per rollout batch, before any update: draws, and old-policy terms that later updates replay."""
+        ...
+
+    def loss_terms(self, policy: Policy, prepared: Any, inner: int) -> Iterator[LossTerm]:
+        """Terms of update ``inner`` (0 .. mu-1); update 0 is on-policy."""
+        ...

@@ -1,0 +1,61 @@
+"""Math shared by objectives, as plain functions: PPO clipping, the k3 KL, and the ELBO-ratio plumbing.
+
+The ELBO-based objectives (BGPO, VRPO-OL) differ only in how they turn per-draw differences
+d_j = l_theta(draw j) - l_old(draw j) into an objective; everything up to d_j is here, once, so the two can only
+differ in the objective (an ablation's control).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.elbo import Draws, ElboConfig, answer_mask, draw_terms, sample_draws
+from harness.policy import Policy
+from harness.structs import Batch
+
+
+def ppo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float | None) -> torch.Tensor:
+    """min(r A, clip(r, 1-eps, 1+eps) A), or r A when clip_eps is None. Shapes broadcast."""
+    unclipped = ratio * advantages
+    if clip_eps is None:
+        return unclipped
+    return torch.minimum(unclipped, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+@dataclass
+class ElboBatch:
+    """A batch prepared for an ELBO objective: its stored draws and the old policy's terms on them."""
+
+    batch: Batch
+    draws: Draws  # K draws, replayed by every update of this rollout batch
+    old_terms: torch.Tensor  # [K, N] l_old per draw, filled during update 0 (where theta == theta_old)
+
+
+def prepare_elbo(batch: Batch, n_t: int, cfg: ElboConfig) -> ElboBatch:
+    """Sample the batch's K = n_t draws from its seed (replayable) and reserve the old-policy terms."""
+    generator = torch.Generator().manual_seed(batch.seed)
+    draws = sample_draws(answer_mask(batch.rollout, cfg), n_t, cfg, generator)
+    old = torch.full(draws.weights.shape, float("nan"), dtype=torch.float64)  # [K, N]
+    return ElboBatch(batch=batch, draws=draws, old_terms=old)
+
+
+def elbo_differences(policy: Policy, prepared: ElboBatch, k: int, rows: slice, inner: int) -> torch.Tensor:
+    """d_k = l_theta - l_old for draw k on ``rows`` -> [n], differentiable through l_theta.
+
+    In update 0 theta == theta_old, so l_old is l_theta detached: exactly zero difference on-policy (pitfall P3) and
+    no extra forward pass. Later updates of the same rollout batch replay the same draws against the stored l_old
+    (pitfall P2).
+    """
+    ell = draw_terms(policy, prepared.batch.rollout, prepared.draws, k, rows)  # [n]
+    if inner == 0:
+        prepared.old_terms[k, rows] = ell.detach().to(prepared.old_terms)
+    old = prepared.old_terms[k, rows].to(ell)  # [n]
+    return ell - old  # [n]

@@ -1,0 +1,115 @@
+"""diffu-GRPO (d1: Zhao et al., arXiv 2504.12216, section 3; code dllm-reasoning/d1 diffu_grpo_trainer.py).
+
+Per-token log-probabilities come from ONE forward pass (a mean-field estimate, no ELBO): the completion is fully
+masked (t = 1) and each prompt token is masked independently with probability p_mask. Loss per token:
+
+    -min(rho A, clip(rho, 1-eps, 1+eps) A) + beta * k3(pi_theta || pi_ref),  rho = pi_theta(o^k|q') / pi_old(o^k|q')
+
+with A = r - mean_G(r) (no std, Dr.GRPO), eps = 0.5, beta = 0.04, and the reference the base model.
+
+Departures from d1's code, each deliberate:
+1. Prompt masks come from a dedicated generator seeded by (batch seed, inner update); d1 re-seeds the global RNGs
+   (pitfall P1). Update k uses mask k for pi_theta, pi_old and pi_ref alike, as in d1.
+2. Left padding is never masked and is hidden by the attention mask (d1 masks and attends to EOS padding: P6).
+3. Aggregation is d1's code: a token mean over all completion tokens of the rollout batch (not the paper's 1/|o_i|).
+4. On update 0 pi_old = pi_theta.detach() (d1 does the same for mu = 1); old and reference log-probs of later
+   updates are computed once in ``prepare``, before any update, for each update's prompt mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from harness.elbo import micro_batches
+from harness.policy import Policy
+from harness.structs import Batch
+from objectives.base import LossTerm
+from objectives.common import k3_kl, ppo_surrogate
+
+MASK_SEED_STRIDE = 1_000_003  # separates the prompt-mask seeds of successive updates of one batch
+
+
+@dataclass(frozen=True)
+class DiffuGRPOConfig:
+    p_mask_prompt: float = 0.15
+    """Probability of masking each prompt token (d1 train.yaml)."""
+    clip_eps: float = 0.5
+    """PPO clip range on the per-token ratio (d1 train.yaml)."""
+    beta: float = 0.04
+    """Weight of the k3 KL to the base model; 0 disables the reference."""
+    micro_batch_size: int = 0
+    """Sequences per forward pass (0 = the whole rollout batch)."""
+    scale_by_std: bool = False
+    """d1 uses r - mean only."""
+
+
+@dataclass
+class DiffuBatch:
+    batch: Batch
+    old_logps: list[torch.Tensor | None]  # per update k: [N, L] pi_old on mask k (None for k = 0: detached theta)
+    ref_logps: list[torch.Tensor | None]  # per update k: [N, L] pi_ref on mask k (None when beta = 0)
+
+
+class DiffuGRPO:
+    name = "diffu-grpo"
+    uses_nt = False
+
+    def __init__(self, config: DiffuGRPOConfig | None = None) -> None:
+        self.config = config or DiffuGRPOConfig()
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.config.beta > 0
+
+    def _masked_input(self, policy: Policy, batch: Batch, inner: int) -> torch.Tensor:
+        """[prompt with p_mask of its tokens masked ; fully masked completion] -> [N, T]."""
+        rollout = batch.rollout
+        generator = torch.Generator().manual_seed(batch.seed * MASK_SEED_STRIDE + inner)
+        hit = torch.rand(rollout.prompt_ids.shape, generator=generator) < self.config.p_mask_prompt  # [N, P]
+        hit = hit.to(rollout.prompt_mask.device) & rollout.prompt_mask
+        prompt = rollout.prompt_ids.masked_fill(hit, policy.mask_id)  # [N, P]
+        return torch.cat([prompt, torch.full_like(rollout.completion_ids, policy.mask_id)], dim=1)  # [N, T]
+
+    def _logps(self, policy: Policy, batch: Batch, ids: torch.Tensor, rows: slice, reference: bool = False,
+               ) -> torch.Tensor:
+        rollout = batch.rollout
+        fn = policy.reference_logits if reference else None
+        return policy.token_logprobs(ids[rows], rollout.attention_mask[rows], rollout.completion_ids[rows],
+                                     rollout.prompt_ids.shape[1], logits_fn=fn)  # [n, L]
+
+    def prepare(self, policy: Policy, batch: Batch, mu: int) -> DiffuBatch:
+        n = batch.advantages.numel()
+        old: list[torch.Tensor | None] = [None]
+        ref: list[torch.Tensor | None] = []
+        with torch.no_grad():
+            for inner in range(mu):
+                ids = self._masked_input(policy, batch, inner)  # [N, T]
+                chunks = micro_batches(n, self.config.micro_batch_size)
+                if inner > 0:
+                    old.append(torch.cat([self._logps(policy, batch, ids, rows) for rows in chunks]))  # [N, L]
+                ref.append(torch.cat([self._logps(policy, batch, ids, rows, reference=True) for rows in chunks])
+                           if self.config.beta > 0 else None)
+        return DiffuBatch(batch=batch, old_logps=old, ref_logps=ref)
+
+    def loss_terms(self, policy: Policy, prepared: DiffuBatch, inner: int) -> Iterator[LossTerm]:
+        cfg, batch = self.config, prepared.batch
+        ids = self._masked_input(policy, batch, inner)  # [N, T]
+        token_mask = batch.rollout.completion_mask  # [N, L]
+        total_tokens = token_mask.sum().clamp_min(1)
+        for rows in micro_batches(batch.advantages.numel(), cfg.micro_batch_size):
+            logp = self._logps(policy, batch, ids, rows)  # [n, L]
+            old = prepared.old_logps[inner]
+            old = logp.detach() if old is None else old[rows]  # [n, L]
+            ratio = torch.exp(logp - old)  # [n, L]
+            adv = batch.advantages[rows].to(logp).unsqueeze(1)  # [n, 1]
+            per_token = -ppo_surrogate(ratio, adv, cfg.clip_eps)  # [n, L]
+            stats = {"clip_ratio/low_mean": ((ratio < 1 - cfg.clip_eps) & (adv < 0)).float().mean(),
+                     "clip_ratio/high_mean": ((ratio > 1 + cfg.clip_eps) & (adv > 0)).float().mean()}
+            if cfg.beta > 0:
+                kl = k3_kl(logp, prepared.ref_logps[inner][rows])  # [n, L]
+                per_token = per_token + cfg.beta * kl
+                stats["kl"] = (kl.detach() * token_mask[rows]).sum() / token_mask[rows].sum().clamp_min(1)
+            yield LossTerm((per_token * token_mask[rows]).sum() / total_tokens, stats)
