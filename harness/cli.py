@@ -29,6 +29,7 @@ USAGE_EXIT = 2
 
 Out = Annotated[Path, typer.Option(help="Folder for run records, tables and benchmark figures.")]
 Threads = Annotated[int, typer.Option(help="torch CPU threads (set explicitly: oversubscription is slow).")]
+DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else env DLLM_HARNESS_DATA_DIR, else Hub).")]
 
 
 def fail(message: str) -> NoReturn:
@@ -61,6 +62,12 @@ def check_positive(**flags: int) -> None:
             fail(f"--{flag.replace('_', '-')}: {value} is not an integer >= 1")
 
 
+def check_non_negative(**flags: int) -> None:
+    for flag, value in flags.items():
+        if value < 0:
+            fail(f"--{flag.replace('_', '-')}: {value} is not an integer >= 0")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console)
@@ -78,7 +85,7 @@ def compare(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
     eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all).")] = 0,
     out: Out = Path("results"),
-    data_dir: Annotated[str | None, typer.Option(help="Local task data (else env DLLM_HARNESS_DATA_DIR).")] = None,
+    data_dir: DataDir = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     threads: Threads = 2,
 ) -> None:
@@ -88,11 +95,10 @@ def compare(
     from harness.device import resolve_device
     from harness.policy import Policy
     from harness.schedule import evaluate_policy, expand_grid, resolve_model, run_one
-    from harness.tables import comparison_table, markdown_table
-
     names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
     nts, seed_list = parse_ints("--nt", nt), parse_ints("--seeds", seeds, minimum=0)
     check_positive(steps=steps, mu=mu, threads=threads)
+    check_non_negative(eval_limit=eval_limit)
     try:
         lookup("task", task, TASKS)
         dev = resolve_device(device)
@@ -102,7 +108,7 @@ def compare(
                          eval=EvalConfig(limit=eval_limit), device=str(dev), threads=threads, data_dir=data_dir)
         runs = expand_grid(base, names, nts, seed_list)
         with console.status("preparing the base policy (the tiny model is pretrained once, then cached)"):
-            model_path = resolve_model(model)
+            model_path = resolve_model(model, data_dir=data_dir)
             before = evaluate_policy(Policy.from_pretrained(model_path, device=dev), base)
     except ValueError as error:  # our errors are ValueErrors whose message names the culprit
         fail(str(error))
@@ -120,7 +126,14 @@ def compare(
                                    on_step=lambda step, m, bar=bar: progress.update(bar, completed=step + 1)))
             progress.update(overall, advance=1)
     rollouts = train_cfg.prompts_per_step * train_cfg.group_size
-    title = f"{task} {metric} (greedy, test split), {model} model, {steps} steps x {rollouts} rollouts, mu={mu}"
+    report(records, metric, f"{task} {metric} (greedy, test split), {model} model, {steps} steps x {rollouts} "
+           f"rollouts, mu={mu}", out)
+
+
+def report(records: list[dict], metric: str, title: str, out: Path) -> None:
+    """Print the comparison table and write it as Markdown beside the records."""
+    from harness.tables import comparison_table, markdown_table
+
     console.print(comparison_table(records, metric, title))
     table_path = out / "compare.md"
     table_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +146,7 @@ def bench_memory(
     objectives: Annotated[str, typer.Option(help="Comma list of ELBO objectives.")] = "bgpo,vrpo",
     nt: Annotated[str, typer.Option(help="Comma list of n_t.")] = "1,2,4,8,16,32",
     out: Out = Path("results"),
+    data_dir: DataDir = None,
     threads: Threads = 2,
 ) -> None:
     """Peak memory of one update vs n_t on the tiny model; BGPO should stay flat, VRPO-OL grow."""
@@ -147,8 +161,8 @@ def bench_memory(
     check_positive(threads=threads)
     torch.set_num_threads(threads)
     try:
-        model_path = resolve_model("tiny")
-        task = lookup("task", "sudoku", TASKS)()
+        model_path = resolve_model("tiny", data_dir=data_dir)
+        task = lookup("task", "sudoku", TASKS)(data_dir=data_dir)
     except ValueError as error:
         fail(str(error))
     grid = [(n, k, lookup("objective", n, OBJECTIVES)(objective_config(n, k))) for n in names for k in nts]
@@ -174,14 +188,15 @@ def bench_memory(
 
 
 @app.command()
-def pretrain() -> None:
+def pretrain(data_dir: DataDir = None) -> None:
     """Build (or find in the cache) the built-in tiny model and print where it is."""
     from harness.schedule import resolve_model
 
     with _progress() as progress:
         bar = progress.add_task("pretraining the tiny dLLM", total=None)
-        path = resolve_model("tiny", log=lambda step, loss: progress.update(bar, completed=step + 1,
-                                                                             description=f"pretrain loss {loss:.3f}"))
+        path = resolve_model("tiny", data_dir=data_dir,
+                             log=lambda step, loss: progress.update(bar, completed=step + 1,
+                                                                    description=f"pretrain loss {loss:.3f}"))
     console.print(f"tiny model: {path}")
 
 
@@ -193,12 +208,22 @@ def list_registered() -> None:
 
 
 def main() -> None:
-    """Entry point: a ValueError raised anywhere in argument handling becomes one line, not a traceback."""
+    """Entry point: every usage error (ours or the flag parser's) becomes one line on stderr and exit status 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        code = 1
+    except typer.TyperException as error:  # click's UsageError family, as vendored by typer
+        if type(error).__name__ == "NoArgsIsHelpError":
+            print(error.format_message())
+        else:
+            print("error: " + " ".join(error.format_message().split()), file=sys.stderr)
+        code = USAGE_EXIT
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)
+        code = USAGE_EXIT
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

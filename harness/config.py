@@ -102,6 +102,8 @@ class RunConfig:
         return asdict(self)
 
     def run_id(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Readable prefix + hash of everything that changes the result (not where data lives or thread count)."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("data_dir", "threads")}
+        blob = json.dumps(identity, sort_keys=True, default=str)
         name = self.objective + (f"-nt{self.objective_config.n_t}" if hasattr(self.objective_config, "n_t") else "")
         return f"{self.task}-{name}-mu{self.train.mu}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"

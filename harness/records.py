@@ -69,6 +69,9 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; a record should be as readable as any file we write
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=1, default=str)
             handle.flush()

@@ -46,10 +46,10 @@ def expand_grid(base: RunConfig, objectives: Sequence[str], nts: Sequence[int], 
     return runs
 
 
-def resolve_model(model: str, log: Callable[[int, float], None] | None = None) -> Path:
+def resolve_model(model: str, log: Callable[[int, float], None] | None = None, data_dir: str | None = None) -> Path:
     """'tiny' -> the cached pretrained tiny model (built when missing); else an existing checkpoint folder."""
     if model == "tiny":
-        return tiny_model_path(TinyConfig(), log)
+        return tiny_model_path(TinyConfig(), log, data_dir)
     path = Path(model)
     if not path.is_dir():
         raise ValueError(f"--model {model!r}: no such folder (use 'tiny' or a local Hugging Face checkpoint)")

@@ -121,11 +121,15 @@ def encode_answers(policy: Policy, texts: list[str], length: int) -> torch.Tenso
     return torch.tensor(rows, dtype=torch.long)
 
 
-def pretrain(cfg: TinyConfig, log: Callable[[int, float], None] | None = None) -> Policy:
-    """Build the tiny model and train it with the SFT loss on generated Sudoku puzzles (never test puzzles)."""
+def pretrain(cfg: TinyConfig, log: Callable[[int, float], None] | None = None,
+             data_dir: str | Path | None = None) -> Policy:
+    """Build the tiny model and train it with the SFT loss on generated Sudoku puzzles (never test puzzles).
+
+    ``data_dir`` locates the test puzzles, which are excluded from the generated training puzzles.
+    """
     from tasks.sudoku import Sudoku, generate_puzzles
 
-    task = Sudoku()
+    task = Sudoku(data_dir=data_dir)
     tokenizer = build_tokenizer()
     policy = Policy(build_model(cfg, len(tokenizer)), tokenizer)
     exclude = {item.prompt_text for item in task.load("test")} | {item.prompt_text for item in task.load("validation")}
@@ -141,7 +145,7 @@ def pretrain(cfg: TinyConfig, log: Callable[[int, float], None] | None = None) -
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if log is not None:
-            log(step, float(loss))
+            log(step, float(loss.detach()))
     return policy
 
 
@@ -149,13 +153,17 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "dllm-rl-harness"))
 
 
-def tiny_model_path(cfg: TinyConfig | None = None, log: Callable[[int, float], None] | None = None) -> Path:
+def tiny_model_path(cfg: TinyConfig | None = None, log: Callable[[int, float], None] | None = None,
+                    data_dir: str | Path | None = None) -> Path:
     """Folder of the pretrained tiny model for ``cfg``, pretraining and saving it (atomically) when missing."""
     cfg = cfg or TinyConfig()
     folder = cache_root() / "tiny" / cfg.key()
     if (folder / "config.json").is_file():
         return folder
-    policy = pretrain(cfg, log)
+    policy = pretrain(cfg, log, data_dir)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     policy.model.save_pretrained(staging)

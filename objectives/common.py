@@ -24,6 +24,12 @@ def ppo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float
     return torch.minimum(unclipped, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the positions where ``mask`` is True (0 when there are none)."""
+    mask = mask.to(torch.float64)
+    return (values.to(torch.float64) * mask).sum() / mask.sum().clamp_min(1)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
     delta = ref_logp - logp

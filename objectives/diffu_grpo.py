@@ -27,7 +27,7 @@ from harness.elbo import micro_batches
 from harness.policy import Policy
 from harness.structs import Batch
 from objectives.base import LossTerm
-from objectives.common import k3_kl, ppo_surrogate
+from objectives.common import k3_kl, masked_mean, ppo_surrogate
 
 MASK_SEED_STRIDE = 1_000_003  # separates the prompt-mask seeds of successive updates of one batch
 
@@ -106,10 +106,11 @@ class DiffuGRPO:
             ratio = torch.exp(logp - old)  # [n, L]
             adv = batch.advantages[rows].to(logp).unsqueeze(1)  # [n, 1]
             per_token = -ppo_surrogate(ratio, adv, cfg.clip_eps)  # [n, L]
-            stats = {"clip_ratio/low_mean": ((ratio < 1 - cfg.clip_eps) & (adv < 0)).float().mean(),
-                     "clip_ratio/high_mean": ((ratio > 1 + cfg.clip_eps) & (adv > 0)).float().mean()}
+            mask = token_mask[rows]  # [n, L]
+            stats = {"clip_ratio/low_mean": masked_mean((ratio < 1 - cfg.clip_eps) & (adv < 0), mask),
+                     "clip_ratio/high_mean": masked_mean((ratio > 1 + cfg.clip_eps) & (adv > 0), mask)}
             if cfg.beta > 0:
                 kl = k3_kl(logp, prepared.ref_logps[inner][rows])  # [n, L]
                 per_token = per_token + cfg.beta * kl
-                stats["kl"] = (kl.detach() * token_mask[rows]).sum() / token_mask[rows].sum().clamp_min(1)
+                stats["kl"] = masked_mean(kl.detach(), mask)
             yield LossTerm((per_token * token_mask[rows]).sum() / total_tokens, stats)

@@ -28,9 +28,18 @@ def value_and_grad(policy, objective, prepared, inner: int) -> tuple[float, torc
     return total, grad
 
 
+def tiny_architecture_policy():
+    """The built-in tiny dLLM's architecture and tokenizer (randomly initialised, not pretrained), in float64."""
+    from harness.policy import Policy
+    from harness.tiny import TinyConfig, build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    return Policy(build_model(TinyConfig(), len(tokenizer)).double(), tokenizer)
+
+
 @pytest.mark.parametrize("n_t", [1, 4, 16])
 def test_bgpo_equals_vrpo_on_policy_in_value_and_gradient(n_t: int) -> None:
-    policy = make_policy()
+    policy = tiny_architecture_policy()
     batch = make_batch(policy, seed=n_t)
     assert (batch.advantages > 0).any() and (batch.advantages < 0).any()
     bgpo, vrpo = BGPO(BGPOConfig(n_t=n_t)), VRPO(VRPOConfig(n_t=n_t))
@@ -39,7 +48,7 @@ def test_bgpo_equals_vrpo_on_policy_in_value_and_gradient(n_t: int) -> None:
     # Value: both are -mean_i A_i, and the group-normalised advantages sum to ~0 per group.
     expected = -float(batch.advantages.mean())
     assert v_b == pytest.approx(expected, abs=1e-12) and v_v == pytest.approx(expected, abs=1e-12)
-    assert g_b.norm() > 1e-3  # a real gradient, not two zeros
+    assert g_b.norm() > 1e-4  # a real gradient, not two zeros
     assert float((g_b - g_v).norm() / g_v.norm()) < 1e-6
 
 

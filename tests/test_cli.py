@@ -1,0 +1,145 @@
+"""Tests for harness/cli.py: bad input fails fast with one line, `ls`, and one end-to-end `compare` smoke test.
+
+Every command runs as a real subprocess of ``python -m harness.cli`` so exit codes and stderr are what a user sees.
+The environment is inherited (conftest sets HF_HUB_OFFLINE, the local data dir and an isolated cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_policy
+
+BAD_INPUT_SECONDS = 10  # bad input must be rejected before any model is built
+SMOKE_SECONDS = 60
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                            env=dict(os.environ), cwd=cwd, timeout=timeout)
+    return result, time.perf_counter() - started
+
+
+# (args, substrings the one error line must contain: the culprit value and/or flag)
+BAD_INPUT = [
+    pytest.param(["compare", "--objectives", "bgpo,bgp"], ["'bgp'", "bgpo"], id="unknown-objective"),
+    pytest.param(["compare", "--nt", "0"], ["--nt", "'0'"], id="nt-zero"),
+    pytest.param(["compare", "--nt", "x"], ["--nt", "'x'"], id="nt-not-a-number"),
+    pytest.param(["compare", "--nt", "4,-1"], ["--nt", "'-1'"], id="nt-negative-in-list"),
+    pytest.param(["compare", "--task", "sudokku"], ["'sudokku'", "sudoku"], id="unknown-task"),
+    pytest.param(["compare", "--model", "/nonexistent/folder"], ["/nonexistent/folder"], id="missing-model"),
+    pytest.param(["compare", "--steps", "0"], ["--steps", "0"], id="steps-zero"),
+    pytest.param(["compare", "--device", "cuda"], ["cuda"], id="no-cuda",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+    pytest.param(["bench", "memory", "--nt", "0"], ["--nt", "'0'"], id="bench-memory-nt-zero"),
+    pytest.param(["compare", "--objectives", ""], ["--objectives"], id="empty-objectives"),
+    pytest.param(["compare", "--eval-limit", "-1"], ["--eval-limit", "-1"], id="negative-eval-limit"),
+    # rejected by the flag parser (typer's vendored click) rather than by our own checks
+    pytest.param(["compare", "--steps", "x"], ["--steps"], id="steps-not-a-number"),
+    pytest.param(["compare", "--lr", "fast"], ["--lr"], id="lr-not-a-number"),
+    pytest.param(["compare", "--bogus", "1"], ["--bogus"], id="unknown-option"),
+]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, elapsed: float, culprits: list[str],
+                          out: Path) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout
+    assert len(lines) == 1, f"expected one stderr line, got:\n{result.stderr}"
+    for culprit in culprits:
+        assert culprit in lines[0], f"{culprit!r} not named in {lines[0]!r}"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not out.exists(), f"bad input wrote under --out: {list(out.rglob('*'))}"
+    assert elapsed < BAD_INPUT_SECONDS, f"took {elapsed:.1f}s: the error must come before any model is built"
+
+
+@pytest.mark.parametrize(("args", "culprits"), BAD_INPUT)
+def test_bad_input_exits_with_one_line_naming_the_culprit(args: list[str], culprits: list[str],
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result, elapsed = run_cli(*args, "--out", str(out), cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, elapsed, culprits, out)
+
+
+def test_ls_lists_objectives_and_tasks(tmp_path: Path) -> None:
+    result, _ = run_cli("ls", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in ("bgpo", "vrpo", "diffu-grpo", "sudoku"):
+        assert name in result.stdout
+
+
+DECODING_FIELDS = {"gen_length", "steps", "block_length", "remasking", "temperature"}
+METRICS = ("cell_accuracy", "solved", "valid")
+EVAL_LIMIT = 8
+
+
+def test_compare_smoke_writes_complete_records(tmp_path: Path) -> None:
+    """3 objectives x 2 steps x mu=2 on a 1-layer float32 model saved to disk; records carry everything."""
+    model_dir = tmp_path / "model"
+    policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
+    policy.model.save_pretrained(model_dir)
+    policy.tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "res"
+
+    result, elapsed = run_cli("compare", "--model", str(model_dir), "--objectives", "bgpo,vrpo,diffu-grpo",
+                              "--nt", "2", "--steps", "2", "--mu", "2", "--eval-limit", str(EVAL_LIMIT),
+                              "--out", str(out), "--threads", "1", cwd=tmp_path, timeout=300)
+    print(f"compare smoke test: {elapsed:.1f}s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert elapsed < SMOKE_SECONDS
+    for name in ("bgpo", "vrpo", "diffu-grpo"):
+        assert name in result.stdout
+
+    paths = sorted((out / "runs").glob("*.json"))
+    assert len(paths) == 3
+    records = [json.loads(p.read_text()) for p in paths]
+    assert sorted(r["config"]["objective"] for r in records) == ["bgpo", "diffu-grpo", "vrpo"]
+    for path, record in zip(paths, records, strict=True):
+        assert path.name == f"{record['run_id']}.json"
+        check_record(record, str(model_dir))
+
+    table = (out / "compare.md").read_text()
+    for name in ("bgpo", "vrpo", "diffu-grpo"):
+        assert f"| {name} |" in table
+
+
+def check_record(record: dict, model_dir: str) -> None:
+    cfg = record["config"]
+    name = cfg["objective"]
+    if name in ("bgpo", "vrpo"):
+        assert cfg["objective_config"]["n_t"] == 2
+    assert cfg["model"] == model_dir and cfg["task"] == "sudoku" and cfg["seed"] == 0
+    assert cfg["train"]["steps"] == 2 and cfg["train"]["mu"] == 2 and cfg["eval"]["limit"] == EVAL_LIMIT
+    for phase in ("train", "eval"):
+        assert DECODING_FIELDS <= set(cfg[phase]["rollout"])
+        assert DECODING_FIELDS <= set(record["decoding"][phase])
+        assert record["decoding"][phase] == cfg[phase]["rollout"]
+    assert record["decoding"]["eval"]["temperature"] == 0.0  # greedy evaluation
+    assert record["seed"] == 0
+
+    steps = record["steps"]
+    assert len(steps) == 2
+    for step in steps:
+        for key in ("reward", "loss/policy", "time/rollout_s", "time/update_s"):
+            assert key in step, f"{name}: step lacks {key}"
+    assert "mem/peak_activations_mb" in steps[0] and steps[0]["mem/peak_activations_mb"] > 0
+    assert steps[0]["mem_tracked"] == 1.0 and steps[1]["mem_tracked"] == 0.0
+
+    for when in ("before", "after"):
+        for metric in METRICS:
+            est = record["eval"][when][metric]
+            assert est["n"] == EVAL_LIMIT
+            assert est["low"] <= est["mean"] <= est["high"], (name, when, metric, est)
+
+    assert {"torch", "transformers", "python"} <= set(record["versions"])
+    assert record["device"]["type"] == "cpu" and record["device"]["name"]
+    assert "git_commit" in record
