@@ -1,0 +1,56 @@
+"""A few RL steps of every objective raise the training reward on a problem the tiny model can learn.
+
+The toy task rewards the share of completion characters that are '7'. A randomly initialised model writes '7' about
+1/268 of the time, so the reward starts near 0; any objective whose gradient has the right sign (advantage, ratio,
+ELBO weights) pushes it up within a few steps, and a flipped sign or a broken advantage pushes it down. The whole
+loop runs through the real trainer (rollout -> reward -> advantage -> loss -> optimizer step).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+from conftest import make_policy
+
+from harness.config import RolloutConfig, TrainConfig
+from harness.schedule import objective_config
+from harness.trainer import train
+from objectives import OBJECTIVES
+from tasks.base import Item
+
+TARGET = "7"
+
+
+class SevensTask:
+    """Toy task: any prompt; reward = share of the completion's characters equal to TARGET."""
+
+    name: ClassVar[str] = "sevens"
+    version: ClassVar[str] = "1"
+    metric: ClassVar[str] = "reward"
+
+    def load(self, split: str) -> list[Item]:
+        return [Item(id=str(i), prompt_text=f"write {i}", answer=TARGET) for i in range(16)]
+
+    def prompt(self, item: Item) -> list[dict[str, str]]:
+        return [{"role": "user", "content": item.prompt_text}]
+
+    def reward(self, item: Item, completion: str) -> float:
+        return completion.count(TARGET) / max(len(completion), 1)
+
+    def score(self, item: Item, completion: str) -> dict[str, float]:
+        return {"reward": self.reward(item, completion)}
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_a_few_rl_steps_raise_the_training_reward(name: str) -> None:
+    policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
+    cfg = TrainConfig(steps=16, prompts_per_step=4, group_size=4, lr=3e-2, max_grad_norm=1.0, track_memory_steps=0,
+                      rollout=RolloutConfig(gen_length=4, block_length=4, steps=4, temperature=1.0))
+    objective = OBJECTIVES[name](objective_config(name, 2))
+    history = train(policy, objective, SevensTask(), cfg, seed=0)
+    rewards = [step["reward"] for step in history]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert first < 0.1, rewards
+    assert last > first + 0.3, rewards
