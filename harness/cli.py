@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.config import EvalConfig, RunConfig, TrainConfig
+from harness.learn import LEARN_EVAL_EVERY, LEARN_STEPS
 from harness.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
@@ -185,6 +186,64 @@ def bench_memory(
     (bench_dir / "memory.md").write_text(f"# Peak memory of one update vs n_t (tiny model, {env['device']['name']}, "
                                          f"torch MemTracker)\n\n" + text)
     console.print(f"written: {bench_dir / 'memory.json'}, {bench_dir / 'memory.md'}")
+
+
+@bench_app.command("learn")
+def bench_learn(
+    objectives: Annotated[str, typer.Option(help="Comma list of arms: bgpo (n_t=16), vrpo (n_t=4), diffu-grpo.")
+                          ] = "bgpo,vrpo,diffu-grpo",
+    seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",
+    mu: Annotated[str, typer.Option(help="Comma list of updates per rollout batch (1 = on-policy).")] = "1,2",
+    steps: Annotated[int, typer.Option(help="RL steps per run.")] = LEARN_STEPS,
+    eval_every: Annotated[int, typer.Option(help="Evaluate on the test split every N steps.")] = LEARN_EVAL_EVERY,
+    model: Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")] = "tiny",
+    eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; quick tries).")] = 0,
+    out: Out = Path("results"),
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    threads: Threads = 2,
+) -> None:
+    """Train every arm x mu x seed from the base policy, evaluating on the test split along the way; writes
+    results/learn/ (records, summary.md/json, curves.csv, curves.png). Stored runs are reused, not re-trained."""
+    import torch
+
+    from harness.device import resolve_device
+    from harness.learn import LEARN_GRID, LearnConfig, base_evaluation, run_arm, run_configs, write_outputs
+    from harness.schedule import resolve_model
+
+    arms = dict(LEARN_GRID)
+    names = list(dict.fromkeys(parse_names("--objectives", objectives, "learning arm", arms)))
+    seed_list = list(dict.fromkeys(parse_ints("--seeds", seeds, minimum=0)))
+    mus = sorted(set(parse_ints("--mu", mu)))
+    check_positive(steps=steps, eval_every=eval_every, threads=threads)
+    check_non_negative(eval_limit=eval_limit)
+    learn = LearnConfig(arms=tuple((n, arms[n]) for n in names), seeds=tuple(seed_list), mus=tuple(mus),
+                        steps=steps, eval_every=eval_every, eval_limit=eval_limit)
+    try:
+        dev = resolve_device(device)
+        torch.set_num_threads(threads)
+        runs = run_configs(learn, model, str(dev), threads, data_dir)
+        with console.status("preparing the base policy and its step-0 test evaluation (shared by every run)"):
+            model_path = resolve_model(model, data_dir=data_dir)
+            base = base_evaluation(runs[0], model_path, out)
+    except ValueError as error:
+        fail(str(error))
+    records = []
+    with _progress() as progress:
+        overall = progress.add_task("runs", total=len(runs))
+        for cfg in runs:
+            n_t = getattr(cfg.objective_config, "n_t", None)
+            label = cfg.objective + (f" n_t={n_t}" if n_t else "") + f" mu={cfg.train.mu} seed={cfg.seed}"
+            bar = progress.add_task(label, total=cfg.train.steps)
+            records.append(run_arm(cfg, learn, model_path, base, out,
+                                   on_step=lambda step, m, bar=bar: progress.update(bar, completed=step + 1)))
+            progress.update(bar, completed=cfg.train.steps)  # a stored run is reused without stepping
+            progress.update(overall, advance=1)
+    n_items = len(base["items"])
+    title = (f"Learning benchmark: sudoku, {model} model, {steps} steps, seeds {','.join(map(str, seed_list))}, "
+             f"{n_items} test puzzles")
+    console.print(write_outputs(records, base, learn, out, title))
+    console.print(f"written: {out / 'learn'} (runs/, summary.md, summary.json, curves.csv, curves.png)")
 
 
 @app.command()

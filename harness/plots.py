@@ -1,0 +1,69 @@
+"""Figures of the learning benchmark: training reward and test accuracy against RL step, one line per arm.
+
+Input is the long-format curve rows of ``harness.learn.curve_rows`` (or the same rows read back from ``curves.csv``,
+where every value is a string). Each (objective, n_t, mu) is one line, the mean over seeds at each step, with a
+shaded band from the minimum to the maximum over seeds.
+
+Departures and simplifications:
+    1. The band is min-max over seeds, not an interval: with three seeds a percentile interval would mean little.
+    2. matplotlib is imported lazily and drawn on an Agg canvas owned by the figure (``matplotlib.figure.Figure``),
+       so no global backend is switched and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+PANELS = (("train_reward", "training reward (rollout batch mean)"),
+          ("test_cell_accuracy", "test cell accuracy (greedy)"))
+"""(curve kind, y-axis label) per panel, left to right."""
+LINE_STYLES = ("-", "--", ":", "-.")
+"""One per mu, in ascending order."""
+FIGURE_SIZE = (12.0, 4.5)
+DPI = 120
+BAND_ALPHA = 0.2
+
+
+def arm_label(objective: str, n_t: Any, mu: Any) -> str:
+    return objective + (f" n_t={n_t}" if n_t not in (None, "") else "") + f" mu={mu}"
+
+
+def band_series(rows: Iterable[Mapping[str, Any]], kind: str) -> dict[tuple[str, str, int], dict[int, list[float]]]:
+    """(objective, n_t, mu) -> step -> the value of each seed at that step, for one curve kind."""
+    series: dict[tuple[str, str, int], dict[int, list[float]]] = {}
+    for row in rows:
+        if row["kind"] != kind:
+            continue
+        key = (str(row["objective"]), "" if row["n_t"] in (None, "") else str(row["n_t"]), int(row["mu"]))
+        series.setdefault(key, {}).setdefault(int(row["step"]), []).append(float(row["value"]))
+    return series
+
+
+def plot_learning_curves(rows: Iterable[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """Two panels (training reward, test cell accuracy) vs step; mean over seeds with a min-max band. Saves a PNG."""
+    from matplotlib.figure import Figure
+
+    rows = list(rows)
+    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
+    axes = figure.subplots(1, len(PANELS))
+    objectives = list(dict.fromkeys(str(r["objective"]) for r in rows))
+    mus = sorted({int(r["mu"]) for r in rows})
+    for ax, (kind, label) in zip(axes, PANELS, strict=True):
+        for (objective, n_t, mu), by_step in band_series(rows, kind).items():
+            steps = sorted(by_step)
+            color = f"C{objectives.index(objective) % 10}"
+            ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], color=color, marker=".",
+                    linestyle=LINE_STYLES[mus.index(mu) % len(LINE_STYLES)], label=arm_label(objective, n_t, mu))
+            ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], color=color,
+                            alpha=BAND_ALPHA, linewidth=0)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize="small")
+    if title:
+        figure.suptitle(title + " (mean over seeds, band = min-max)", fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path

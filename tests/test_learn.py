@@ -1,0 +1,186 @@
+"""Tests for the learning benchmark (harness/learn.py, harness/plots.py, `harness bench learn`).
+
+One end-to-end run of the command in-process (typer's CliRunner) on a 1-layer random model saved to tmp_path, its
+resume (a second invocation trains nothing), bad input, and the summary arithmetic on hand-made records.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_policy
+from typer.testing import CliRunner
+
+from harness import learn
+from harness.cli import app, main
+from harness.learn import CHECKPOINT_RULE, CSV_COLUMNS, curve_rows, paired_test, score_table, summarize
+from harness.plots import plot_learning_curves
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MIN_PNG_BYTES = 5_000
+EVAL_LIMIT, STEPS = 6, 2
+ARGS = ["bench", "learn", "--seeds", "0,1", "--mu", "1,2", "--steps", str(STEPS), "--eval-every", "1",
+        "--eval-limit", str(EVAL_LIMIT), "--objectives", "bgpo,diffu-grpo", "--threads", "1"]
+
+
+def invoke(*args: str):  # noqa: ANN201
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
+    policy.model.save_pretrained(folder)
+    policy.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "res"
+    result = invoke(*ARGS, "--model", str(model_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+
+    paths = sorted((out / "learn" / "runs").glob("*.json"))
+    records = [json.loads(p.read_text()) for p in paths]
+    assert len(records) == 2 * 2 * 2  # objectives x mus x seeds
+    arms = {(r["config"]["objective"], r["config"]["train"]["mu"], r["seed"]) for r in records}
+    assert arms == {(o, m, s) for o in ("bgpo", "diffu-grpo") for m in (1, 2) for s in (0, 1)}
+    for path, record in zip(paths, records, strict=True):
+        assert path.name == f"{record['run_id']}.json"
+        assert [p["step"] for p in record["curve"]] == [0, 1, 2]
+        assert len(record["steps"]) == STEPS and len(record["final_items"]) == EVAL_LIMIT
+        assert set(record["final_items"][0]) == {"id", "cell_accuracy", "solved", "valid"}  # no completion text
+        assert record["peak_memory_mb"]["mem/peak_activations_mb"] > 0 and record["seconds_per_step"] > 0
+        assert record["config"]["eval"]["rollout"]["temperature"] == 0.0  # greedy evaluation
+    bgpo = next(r for r in records if r["config"]["objective"] == "bgpo")
+    assert bgpo["config"]["objective_config"]["n_t"] == 16
+    assert len({json.dumps(r["curve"][0]) for r in records}) == 1  # step 0 is the shared base evaluation
+
+    summary = (out / "learn" / "summary.md").read_text()
+    for row in ("| bgpo | 16 | 1 |", "| bgpo | 16 | 2 |", "| diffu-grpo | - | 1 |", "| diffu-grpo | - | 2 |"):
+        assert row in summary
+    assert CHECKPOINT_RULE in summary
+    assert "mu=1, bgpo vs diffu-grpo" in summary and "mu=2, bgpo vs diffu-grpo" in summary
+    assert summary.count("p = ") == 4  # bootstrap and McNemar per mu
+    assert len(json.loads((out / "learn" / "summary.json").read_text())["rows"]) == 4
+
+    with (out / "learn" / "curves.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == CSV_COLUMNS
+    assert sum(r["kind"] == "train_reward" for r in rows) == 8 * STEPS
+    assert sum(r["kind"].startswith("test_") for r in rows) == 8 * 3 * 3  # runs x steps 0..2 x metrics
+    png = (out / "learn" / "curves.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > MIN_PNG_BYTES
+
+    mtimes = {p: p.stat().st_mtime_ns for p in paths}
+
+    def no_training(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a stored run was trained again")
+
+    monkeypatch.setattr(learn, "train", no_training)
+    again = invoke(*ARGS, "--model", str(model_dir), "--out", str(out))
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in paths} == mtimes
+
+
+@pytest.mark.parametrize(("args", "culprits"), [
+    (["--objectives", "bgpo,grpo"], ["'grpo'", "diffu-grpo"]),
+    (["--mu", "0"], ["--mu", "'0'"]),
+    (["--eval-every", "0"], ["--eval-every"]),
+    (["--seeds", "a"], ["--seeds", "'a'"]),
+    (["--model", "/nonexistent/folder"], ["/nonexistent/folder"]),
+])
+def test_bench_learn_bad_input_is_one_line_and_writes_nothing(args: list[str], culprits: list[str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["harness", "bench", "learn", *args, "--out", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        main()  # in-process, through the same entry point (and error handling) as the console script
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1, lines
+    assert all(culprit in lines[0] for culprit in culprits), lines[0]
+    assert not out.exists()
+
+
+# ---- summary arithmetic on hand-made records ------------------------------------------------------------------
+IDS = [f"sudoku/test/{i}" for i in range(4)]
+BASE_CELL = [0.5, 0.5, 0.5, 0.5]
+
+
+def record(objective: str, mu: int, seed: int, cell: list[float], solved: list[float]) -> dict:
+    items = [{"id": i, "cell_accuracy": c, "solved": s, "valid": s} for i, c, s in zip(IDS, cell, solved, strict=True)]
+    n_t = {"n_t": 16} if objective == "bgpo" else {}
+    return {"run_id": f"{objective}-mu{mu}-s{seed}", "seed": seed, "final_items": items,
+            "config": {"objective": objective, "objective_config": n_t, "train": {"mu": mu, "steps": 2}},
+            "steps": [{"reward": 0.25}, {"reward": 0.5 + seed}], "curve": [{"step": 0, "cell_accuracy": 0.5,
+                                                                           "solved": 0.0, "valid": 0.0}],
+            "seconds_per_step": 1.0 + seed, "peak_memory_mb": {"mem/peak_total_mb": 10.0 + seed}}
+
+
+BASE = {"items": [{"id": i, "cell_accuracy": c, "solved": 0.0, "valid": 0.0} for i, c in zip(IDS, BASE_CELL,
+                                                                                               strict=True)]}
+
+
+def test_summary_means_deltas_time_and_memory_by_hand() -> None:
+    # seed 0 cells sum to 2.0, seed 1 to 2.5: the mean over 2 seeds x 4 puzzles is 4.5 / 8 = 0.5625, and the base
+    # is 0.5 everywhere, so the delta is 0.0625. Solved: 1 + 2 of 8 cells = 0.375.
+    runs = [record("bgpo", 1, 0, [1.0, 0.5, 0.0, 0.5], [1, 0, 0, 0]),
+            record("bgpo", 1, 1, [1.0, 1.0, 0.5, 0.0], [1, 1, 0, 0])]
+    row = summarize(runs, BASE)["rows"][0]
+    assert (row["objective"], row["n_t"], row["mu"], row["seeds"]) == ("bgpo", 16, 1, [0, 1])
+    assert row["cell_accuracy"]["mean"] == pytest.approx(0.5625)
+    assert row["cell_accuracy"]["low"] <= 0.5625 <= row["cell_accuracy"]["high"]
+    assert row["delta_cell_accuracy"]["mean"] == pytest.approx(0.0625)
+    assert row["solved"]["mean"] == pytest.approx(0.375)
+    assert row["seconds_per_step"] == pytest.approx(1.5)  # mean of 1.0 and 2.0
+    assert row["peak_memory_mb"]["mem/peak_total_mb"] == 11.0  # max over seeds
+    # reward_ends takes one fifth of the steps, at least one: first 0.25; last (0.5 + 1.5) / 2 = 1.0
+    assert (row["train_reward_first"], row["train_reward_last"]) == (0.25, 1.0)
+
+
+def test_paired_test_of_identical_arms_gives_p_one() -> None:
+    a = [record("bgpo", 1, s, [1.0, 0.5, 0.0, 0.5], [1, 0, 0, 1]) for s in (0, 1)]
+    b = [record("vrpo", 1, s, [1.0, 0.5, 0.0, 0.5], [1, 0, 0, 1]) for s in (0, 1)]
+    test = paired_test(a, b, IDS)
+    assert test["cell_accuracy_difference"]["mean"] == 0.0
+    assert test["p_bootstrap"] == 1.0 and test["p_mcnemar"] == 1.0
+    assert summarize(a + b, BASE)["paired"][0]["a"] == "bgpo"
+
+
+def test_paired_test_counts_seed_majority_solved() -> None:
+    # Three seeds: arm a solves puzzle 0 in 2 of 3 seeds (majority) and puzzle 1 in 1 of 3 (not); b solves neither
+    # and solves puzzle 3 in all seeds. Discordant: 1 only a (puzzle 0), 1 only b (puzzle 3) -> McNemar p = 1.
+    a = [record("bgpo", 1, s, [1.0, 0.5, 0.0, 0.0], [float(s < 2), float(s == 0), 0, 0]) for s in range(3)]
+    b = [record("diffu-grpo", 1, s, [0.0, 0.0, 0.0, 1.0], [0, 0, 0, 1]) for s in range(3)]
+    test = paired_test(a, b, IDS)
+    assert (test["solved_only_a"], test["solved_only_b"]) == (1, 1) and test["p_mcnemar"] == 1.0
+    assert test["cell_accuracy_difference"]["mean"] == pytest.approx((1.0 + 0.5 + 0.0 - 1.0) / 4)
+
+
+def test_score_table_rejects_runs_evaluated_on_other_puzzles() -> None:
+    run = record("bgpo", 1, 0, [1.0, 0.5, 0.0, 0.5], [1, 0, 0, 0])
+    with pytest.raises(ValueError, match="other puzzles"):
+        score_table([run], "cell_accuracy", IDS[:3])
+
+
+def test_curve_rows_and_plot_from_csv_strings(tmp_path: Path) -> None:
+    runs = [record(name, mu, s, [1.0, 0.5, 0.0, 0.5], [1, 0, 0, 0])
+            for name in ("bgpo", "diffu-grpo") for mu in (1, 2) for s in (0, 1)]
+    rows = curve_rows(runs)
+    assert len(rows) == 8 * (2 + 3)  # 2 training steps + one curve point x 3 metrics per run
+    assert {r["n_t"] for r in rows if r["objective"] == "diffu-grpo"} == {""}
+    as_strings = [{k: str(v) for k, v in r.items()} for r in rows]  # what csv.DictReader gives back
+    path = plot_learning_curves(as_strings, tmp_path / "fig" / "curves.png", "test")
+    assert path.read_bytes().startswith(PNG_MAGIC)
