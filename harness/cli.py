@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.config import EvalConfig, RunConfig, TrainConfig
-from harness.learn import LEARN_EVAL_EVERY, LEARN_STEPS
+from harness.elbo import ElboConfig
+from harness.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_STEPS
 from harness.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
@@ -30,6 +31,7 @@ USAGE_EXIT = 2
 
 Out = Annotated[Path, typer.Option(help="Folder for run records, tables and benchmark figures.")]
 Threads = Annotated[int, typer.Option(help="torch CPU threads (set explicitly: oversubscription is slow).")]
+Estimator = Annotated[str, typer.Option(help="ELBO estimator of BGPO/VRPO-OL: t-iid (paper v3) or l-stratified.")]
 DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else env DLLM_HARNESS_DATA_DIR, else Hub).")]
 
 
@@ -84,6 +86,7 @@ def compare(
     steps: Annotated[int, typer.Option(help="RL steps (rollout batches) per run.")] = TrainConfig.steps,
     mu: Annotated[int, typer.Option(help="Optimizer updates per rollout batch (1 = on-policy).")] = TrainConfig.mu,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
+    estimator: Estimator = "t-iid",
     eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all).")] = 0,
     out: Out = Path("results"),
     data_dir: DataDir = None,
@@ -107,7 +110,7 @@ def compare(
         train_cfg = dataclasses.replace(TrainConfig(), steps=steps, mu=mu, lr=lr)
         base = RunConfig(objective=names[0], objective_config=None, task=task, model=model, train=train_cfg,
                          eval=EvalConfig(limit=eval_limit), device=str(dev), threads=threads, data_dir=data_dir)
-        runs = expand_grid(base, names, nts, seed_list)
+        runs = expand_grid(base, names, nts, seed_list, elbo=ElboConfig(estimator=estimator))
         with console.status("preparing the base policy (the tiny model is pretrained once, then cached)"):
             model_path = resolve_model(model, data_dir=data_dir)
             before = evaluate_policy(Policy.from_pretrained(model_path, device=dev), base)
@@ -196,6 +199,7 @@ def bench_learn(
     mu: Annotated[str, typer.Option(help="Comma list of updates per rollout batch (1 = on-policy).")] = "1,2",
     steps: Annotated[int, typer.Option(help="RL steps per run.")] = LEARN_STEPS,
     eval_every: Annotated[int, typer.Option(help="Evaluate on the test split every N steps.")] = LEARN_EVAL_EVERY,
+    estimator: Estimator = LEARN_ESTIMATOR,
     model: Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")] = "tiny",
     eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; quick tries).")] = 0,
     out: Out = Path("results"),
@@ -218,7 +222,7 @@ def bench_learn(
     check_positive(steps=steps, eval_every=eval_every, threads=threads)
     check_non_negative(eval_limit=eval_limit)
     learn = LearnConfig(arms=tuple((n, arms[n]) for n in names), seeds=tuple(seed_list), mus=tuple(mus),
-                        steps=steps, eval_every=eval_every, eval_limit=eval_limit)
+                        steps=steps, eval_every=eval_every, eval_limit=eval_limit, estimator=estimator)
     try:
         dev = resolve_device(device)
         torch.set_num_threads(threads)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from harness.config import EvalConfig, RunConfig, TrainConfig
+from harness.elbo import ElboConfig
 from harness.evaluate import EvalResult
 from harness.policy import Policy
 from harness.records import environment, write_json_atomic
@@ -60,6 +61,7 @@ LEARN_WARMUP_STEPS = TrainConfig.warmup_steps
 LEARN_TEMPERATURE = TrainConfig().rollout.temperature
 LEARN_PROMPTS_PER_STEP = TrainConfig.prompts_per_step
 LEARN_GROUP_SIZE = TrainConfig.group_size
+LEARN_ESTIMATOR = ElboConfig().estimator
 METRICS = ("cell_accuracy", "solved", "valid")
 PAIRED_TESTS = (("bgpo", "vrpo"), ("bgpo", "diffu-grpo"))
 """(a, b) pairs compared on the same puzzles at the same mu."""
@@ -87,6 +89,8 @@ class LearnConfig:
     """Sampling temperature of the training rollouts (evaluation is greedy)."""
     prompts_per_step: int = LEARN_PROMPTS_PER_STEP
     group_size: int = LEARN_GROUP_SIZE
+    estimator: str = LEARN_ESTIMATOR
+    """ELBO estimator of the ELBO arms (BGPO, VRPO-OL): 't-iid' or 'l-stratified'."""
 
     def train_config(self, mu: int) -> TrainConfig:
         rollout = dataclasses.replace(TrainConfig().rollout, temperature=self.temperature)
@@ -102,7 +106,8 @@ def run_configs(learn: LearnConfig, model: str, device: str, threads: int, data_
             base = RunConfig(objective=name, objective_config=None, task=LEARN_TASK, model=model,
                              train=learn.train_config(mu), eval=EvalConfig(limit=learn.eval_limit), device=device,
                              threads=threads, data_dir=data_dir)
-            runs += expand_grid(base, [name], [] if n_t is None else [n_t], learn.seeds)
+            runs += expand_grid(base, [name], [] if n_t is None else [n_t], learn.seeds,
+                                elbo=ElboConfig(estimator=learn.estimator))
     return runs
 
 
