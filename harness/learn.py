@@ -283,7 +283,8 @@ def summary_markdown(summary: dict[str, Any], learn: LearnConfig, env: dict[str,
               for t in summary["paired"]] or ["- none (needs bgpo and another arm at the same mu)"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     lines += ["", f"Protocol: {learn.steps} steps x {learn.prompts_per_step} prompts x {learn.group_size} rollouts, "
-              f"lr {learn.lr}, warm-up {learn.warmup_steps}, rollout temperature {learn.temperature}, test evaluation "
+              f"lr {learn.lr}, warm-up {learn.warmup_steps}, rollout temperature {learn.temperature}, ELBO estimator "
+              f"{learn.estimator}, test evaluation "
               f"every {learn.eval_every} steps.", "",
               f"Device: {env['device']['name']} ({env['device']['type']}, {env['device']['torch_threads']} torch "
               f"threads). Versions: {versions}. Git commit: {env['git_commit']}."]
