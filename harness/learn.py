@@ -156,12 +156,13 @@ def run_arm(cfg: RunConfig, learn: LearnConfig, model_path: Path, base: dict[str
             curve.append(curve_point(done, evals["final"]))
 
     objective = lookup("objective", cfg.objective, OBJECTIVES)(cfg.objective_config)
+    task = make_task(cfg)
     started = time.perf_counter()
-    history = train(policy, objective, make_task(cfg), cfg.train, cfg.seed, after_step)
+    history = train(policy, objective, task, cfg.train, cfg.seed, after_step)
     wall = time.perf_counter() - started
     final: EvalResult = evals["final"]
     record = {"run_id": cfg.run_id(), "config": cfg.to_dict(), "model_path": str(model_path),
-              "learn": {"eval_every": learn.eval_every, "checkpoint": "final"}, "task_version": make_task(cfg).version,
+              "learn": {"eval_every": learn.eval_every, "checkpoint": "final"}, "task_version": task.version,
               "seed": cfg.seed, "steps": history, "curve": curve, "final_eval": final.summary(),
               "final_items": item_scores(final), "wall_seconds": wall, "eval_seconds": evals["seconds"],
               "train_seconds": sum(s["time/step_s"] for s in history), "seconds_per_step": step_time(

@@ -73,12 +73,13 @@ def run_one(cfg: RunConfig, model_path: Path, before: EvalResult, out_dir: Path,
     device = torch.device(cfg.device)
     policy = Policy.from_pretrained(model_path, device=device)
     objective = lookup("objective", cfg.objective, OBJECTIVES)(cfg.objective_config)
+    task = make_task(cfg)
     started = time.perf_counter()
-    history = train(policy, objective, make_task(cfg), cfg.train, cfg.seed, on_step)
+    history = train(policy, objective, task, cfg.train, cfg.seed, on_step)
     train_s = time.perf_counter() - started
     after = evaluate_policy(policy, cfg)
     record = {"run_id": cfg.run_id(), "config": cfg.to_dict(), "model_path": str(model_path),
-              "task_version": make_task(cfg).version,
+              "task_version": task.version,
               "decoding": {"train": dataclasses.asdict(cfg.train.rollout),
                            "eval": dataclasses.asdict(cfg.eval.rollout)},
               "seed": cfg.seed, "steps": history, "train_seconds": train_s,
