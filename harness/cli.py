@@ -76,6 +76,21 @@ def _progress() -> Progress:
                     console=console)
 
 
+def run_all(runs: list, run) -> list[dict]:  # noqa: ANN001
+    """Call ``run(cfg, on_step)`` for each config, with one progress bar per run and one overall."""
+    records = []
+    with _progress() as progress:
+        overall = progress.add_task("runs", total=len(runs))
+        for cfg in runs:
+            n_t = getattr(cfg.objective_config, "n_t", None)
+            label = cfg.objective + (f" n_t={n_t}" if n_t else "") + f" mu={cfg.train.mu} seed={cfg.seed}"
+            bar = progress.add_task(label, total=cfg.train.steps)
+            records.append(run(cfg, lambda step, metrics, bar=bar: progress.update(bar, completed=step + 1)))
+            progress.update(bar, completed=cfg.train.steps)  # a stored run is reused without stepping
+            progress.update(overall, advance=1)
+    return records
+
+
 @app.command()
 def compare(
     objectives: Annotated[str, typer.Option(help="Comma list of objectives (`harness ls`).")] = "bgpo,vrpo,diffu-grpo",
@@ -119,16 +134,7 @@ def compare(
     metric = lookup("task", task, TASKS).metric
     base_score = before.metrics[metric]
     console.print(f"base policy {model_path}: {metric} {base_score.pct()} on {base_score.n} items")
-    records = []
-    with _progress() as progress:
-        overall = progress.add_task("runs", total=len(runs))
-        for cfg in runs:
-            n_t = getattr(cfg.objective_config, "n_t", None)
-            label = cfg.objective + (f" n_t={n_t}" if n_t else "") + f" seed={cfg.seed}"
-            bar = progress.add_task(label, total=cfg.train.steps)
-            records.append(run_one(cfg, model_path, before, out,
-                                   on_step=lambda step, m, bar=bar: progress.update(bar, completed=step + 1)))
-            progress.update(overall, advance=1)
+    records = run_all(runs, lambda cfg, on_step: run_one(cfg, model_path, before, out, on_step))
     rollouts = train_cfg.prompts_per_step * train_cfg.group_size
     report(records, metric, f"{task} {metric} (greedy, test split), {model} model, {steps} steps x {rollouts} "
            f"rollouts, mu={mu}", out)
@@ -232,17 +238,7 @@ def bench_learn(
             base = base_evaluation(runs[0], model_path, out)
     except ValueError as error:
         fail(str(error))
-    records = []
-    with _progress() as progress:
-        overall = progress.add_task("runs", total=len(runs))
-        for cfg in runs:
-            n_t = getattr(cfg.objective_config, "n_t", None)
-            label = cfg.objective + (f" n_t={n_t}" if n_t else "") + f" mu={cfg.train.mu} seed={cfg.seed}"
-            bar = progress.add_task(label, total=cfg.train.steps)
-            records.append(run_arm(cfg, learn, model_path, base, out,
-                                   on_step=lambda step, m, bar=bar: progress.update(bar, completed=step + 1)))
-            progress.update(bar, completed=cfg.train.steps)  # a stored run is reused without stepping
-            progress.update(overall, advance=1)
+    records = run_all(runs, lambda cfg, on_step: run_arm(cfg, learn, model_path, base, out, on_step))
     n_items = len(base["items"])
     title = (f"Learning benchmark: sudoku, {model} model, {steps} steps, seeds {','.join(map(str, seed_list))}, "
              f"{n_items} test puzzles")
