@@ -32,6 +32,9 @@ USAGE_EXIT = 2
 Out = Annotated[Path, typer.Option(help="Folder for run records, tables and benchmark figures.")]
 Threads = Annotated[int, typer.Option(help="torch CPU threads (set explicitly: oversubscription is slow).")]
 Estimator = Annotated[str, typer.Option(help="ELBO estimator of BGPO/VRPO-OL: t-iid (paper v3) or l-stratified.")]
+Model = Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")]
+EvalLimit = Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; for quick tries).")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else env DLLM_HARNESS_DATA_DIR, else Hub).")]
 
 
@@ -96,16 +99,16 @@ def compare(
     objectives: Annotated[str, typer.Option(help="Comma list of objectives (`harness ls`).")] = "bgpo,vrpo,diffu-grpo",
     nt: Annotated[str, typer.Option(help="Comma list of n_t (ELBO Monte Carlo draws).")] = "4,16",
     task: Annotated[str, typer.Option(help="Task name (see `harness ls`).")] = "sudoku",
-    model: Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")] = "tiny",
+    model: Model = "tiny",
     seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0",
     steps: Annotated[int, typer.Option(help="RL steps (rollout batches) per run.")] = TrainConfig.steps,
     mu: Annotated[int, typer.Option(help="Optimizer updates per rollout batch (1 = on-policy).")] = TrainConfig.mu,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
     estimator: Estimator = "t-iid",
-    eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all).")] = 0,
+    eval_limit: EvalLimit = 0,
     out: Out = Path("results"),
     data_dir: DataDir = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    device: Device = "cpu",
     threads: Threads = 2,
 ) -> None:
     """Train every (objective, n_t, seed) from the same base policy; print accuracy, memory and step time."""
@@ -206,11 +209,11 @@ def bench_learn(
     steps: Annotated[int, typer.Option(help="RL steps per run.")] = LEARN_STEPS,
     eval_every: Annotated[int, typer.Option(help="Evaluate on the test split every N steps.")] = LEARN_EVAL_EVERY,
     estimator: Estimator = LEARN_ESTIMATOR,
-    model: Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")] = "tiny",
-    eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; quick tries).")] = 0,
+    model: Model = "tiny",
+    eval_limit: EvalLimit = 0,
     out: Out = Path("results"),
     data_dir: DataDir = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    device: Device = "cpu",
     threads: Threads = 2,
 ) -> None:
     """Train every arm x mu x seed from the base policy, evaluating on the test split along the way; writes
