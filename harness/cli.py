@@ -9,15 +9,37 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.config import EvalConfig, RunConfig, TrainConfig
+from harness.cli_common import (
+    COMPARE_MU,
+    COMPARE_STEPS,
+    USAGE_EXIT,
+    DataDir,
+    Device,
+    Estimator,
+    EvalLimit,
+    Model,
+    Out,
+    Split,
+    TaskName,
+    Temperature,
+    Threads,
+    _progress,
+    check_non_negative,
+    check_positive,
+    console,
+    fail,
+    metrics_table,
+    parse_ints,
+    parse_names,
+    run_all,
+)
+from harness.config import EvalConfig, RolloutConfig, RunConfig, TrainConfig
 from harness.elbo import ElboConfig
-from harness.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_STEPS
+from harness.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_LR, LEARN_STEPS, LEARN_TEMPERATURE
 from harness.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
@@ -26,73 +48,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Compare RL objectives for diffusion LLMs on one policy and one task suite.")
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks (figures under results/bench).")
 app.add_typer(bench_app, name="bench")
-console = Console(width=None if sys.stdout.isatty() else 140)
-USAGE_EXIT = 2
-
-Out = Annotated[Path, typer.Option(help="Folder for run records, tables and benchmark figures.")]
-Threads = Annotated[int, typer.Option(help="torch CPU threads (set explicitly: oversubscription is slow).")]
-Estimator = Annotated[str, typer.Option(help="ELBO estimator of BGPO/VRPO-OL: t-iid (paper v3) or l-stratified.")]
-Model = Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")]
-EvalLimit = Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; for quick tries).")]
-Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else env DLLM_HARNESS_DATA_DIR, else Hub).")]
-
-
-def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(USAGE_EXIT)
-
-
-def parse_names(flag: str, value: str, kind: str, table: dict) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        fail(f"{flag} is empty")
-    for name in names:
-        lookup(kind, name, table)
-    return names
-
-
-def parse_ints(flag: str, value: str, minimum: int = 1) -> list[int]:
-    values = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part.lstrip("-").isdigit() or int(part) < minimum:
-            fail(f"{flag}: {part!r} is not an integer >= {minimum}")
-        values.append(int(part))
-    return values
-
-
-def check_positive(**flags: int) -> None:
-    for flag, value in flags.items():
-        if value < 1:
-            fail(f"--{flag.replace('_', '-')}: {value} is not an integer >= 1")
-
-
-def check_non_negative(**flags: int) -> None:
-    for flag, value in flags.items():
-        if value < 0:
-            fail(f"--{flag.replace('_', '-')}: {value} is not an integer >= 0")
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
-
-
-def run_all(runs: list, run) -> list[dict]:  # noqa: ANN001
-    """Call ``run(cfg, on_step)`` for each config, with one progress bar per run and one overall."""
-    records = []
-    with _progress() as progress:
-        overall = progress.add_task("runs", total=len(runs))
-        for cfg in runs:
-            n_t = getattr(cfg.objective_config, "n_t", None)
-            label = cfg.objective + (f" n_t={n_t}" if n_t else "") + f" mu={cfg.train.mu} seed={cfg.seed}"
-            bar = progress.add_task(label, total=cfg.train.steps)
-            records.append(run(cfg, lambda step, metrics, bar=bar: progress.update(bar, completed=step + 1)))
-            progress.update(bar, completed=cfg.train.steps)  # a stored run is reused without stepping
-            progress.update(overall, advance=1)
-    return records
-
 
 @app.command()
 def compare(
@@ -101,10 +56,11 @@ def compare(
     task: Annotated[str, typer.Option(help="Task name (see `harness ls`).")] = "sudoku",
     model: Model = "tiny",
     seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0",
-    steps: Annotated[int, typer.Option(help="RL steps (rollout batches) per run.")] = TrainConfig.steps,
-    mu: Annotated[int, typer.Option(help="Optimizer updates per rollout batch (1 = on-policy).")] = TrainConfig.mu,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
-    estimator: Estimator = "t-iid",
+    steps: Annotated[int, typer.Option(help="RL steps (rollout batches) per run.")] = COMPARE_STEPS,
+    mu: Annotated[int, typer.Option(help="Optimizer updates per rollout batch (1 = on-policy).")] = COMPARE_MU,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = LEARN_LR,
+    temperature: Temperature = LEARN_TEMPERATURE,
+    estimator: Estimator = LEARN_ESTIMATOR,
     eval_limit: EvalLimit = 0,
     out: Out = Path("results"),
     data_dir: DataDir = None,
@@ -125,7 +81,10 @@ def compare(
         lookup("task", task, TASKS)
         dev = resolve_device(device)
         torch.set_num_threads(threads)
-        train_cfg = dataclasses.replace(TrainConfig(), steps=steps, mu=mu, lr=lr)
+        if temperature < 0:
+            fail(f"--temperature: {temperature} is negative")
+        rollout = dataclasses.replace(TrainConfig().rollout, temperature=temperature)
+        train_cfg = dataclasses.replace(TrainConfig(), steps=steps, mu=mu, lr=lr, rollout=rollout)
         base = RunConfig(objective=names[0], objective_config=None, task=task, model=model, train=train_cfg,
                          eval=EvalConfig(limit=eval_limit), device=str(dev), threads=threads, data_dir=data_dir)
         runs = expand_grid(base, names, nts, seed_list, elbo=ElboConfig(estimator=estimator))
@@ -200,6 +159,24 @@ def bench_memory(
     console.print(f"written: {bench_dir / 'memory.json'}, {bench_dir / 'memory.md'}")
 
 
+@bench_app.command("sandbox")
+def bench_sandbox(
+    programs: Annotated[int, typer.Option(help="Short programs to run.")] = 1000,
+    workers: Annotated[int, typer.Option(help="Programs run at once.")] = 2,
+    out: Out = Path("results"),
+) -> None:
+    """Programs scored per second by the code sandbox; writes results/bench/sandbox.{json,md}."""
+    from harness.sandbox_bench import bench_sandbox as run_bench
+    from harness.sandbox_bench import write_bench
+
+    check_positive(programs=programs, workers=workers)
+    with console.status(f"running {programs} programs in the sandbox, {workers} at a time"):
+        result = run_bench(programs, workers)
+    path = write_bench(result, out)
+    console.print(f"{result['programs_per_second']:.1f} programs/s ({result['programs']} programs, "
+                  f"{result['wall_seconds']:.1f} s, statuses {result['statuses']}); written: {path}")
+
+
 @bench_app.command("learn")
 def bench_learn(
     objectives: Annotated[str, typer.Option(help="Comma list of arms: bgpo (n_t=16), vrpo (n_t=4), diffu-grpo.")
@@ -209,6 +186,7 @@ def bench_learn(
     steps: Annotated[int, typer.Option(help="RL steps per run.")] = LEARN_STEPS,
     eval_every: Annotated[int, typer.Option(help="Evaluate on the test split every N steps.")] = LEARN_EVAL_EVERY,
     estimator: Estimator = LEARN_ESTIMATOR,
+    temperature: Temperature = LEARN_TEMPERATURE,
     model: Model = "tiny",
     eval_limit: EvalLimit = 0,
     out: Out = Path("results"),
@@ -231,7 +209,8 @@ def bench_learn(
     check_positive(steps=steps, eval_every=eval_every, threads=threads)
     check_non_negative(eval_limit=eval_limit)
     learn = LearnConfig(arms=tuple((n, arms[n]) for n in names), seeds=tuple(seed_list), mus=tuple(mus),
-                        steps=steps, eval_every=eval_every, eval_limit=eval_limit, estimator=estimator)
+                        steps=steps, eval_every=eval_every, eval_limit=eval_limit, estimator=estimator,
+                        temperature=temperature)
     try:
         dev = resolve_device(device)
         torch.set_num_threads(threads)
@@ -247,6 +226,87 @@ def bench_learn(
              f"{n_items} test puzzles")
     console.print(write_outputs(records, base, learn, out, title))
     console.print(f"written: {out / 'learn'} (runs/, summary.md, summary.json, curves.csv, curves.png)")
+
+
+
+@app.command(name="eval")
+def eval_model(
+    task: TaskName = "sudoku",
+    model: Model = "tiny",
+    split: Split = "test",
+    gen_length: Annotated[int, typer.Option(help="Completion length in tokens.")] = RolloutConfig.gen_length,
+    block_length: Annotated[int, typer.Option(help="Semi-autoregressive block length.")] = RolloutConfig.block_length,
+    diffusion_steps: Annotated[int, typer.Option(help="Denoising steps in all.")] = RolloutConfig.steps,
+    eval_limit: EvalLimit = 0,
+    out: Out = Path("results"),
+    data_dir: DataDir = None,
+    device: Device = "cpu",
+    threads: Threads = 2,
+) -> None:
+    """Greedy evaluation of a model on a task split: every metric with a 95% interval, per-item records in
+    results/eval/."""
+    import torch
+
+    from harness.device import resolve_device
+    from harness.evaluate import evaluate_split
+    from harness.records import environment, write_json_atomic
+    from harness.schedule import resolve_model
+
+    check_positive(gen_length=gen_length, block_length=block_length, diffusion_steps=diffusion_steps, threads=threads)
+    check_non_negative(eval_limit=eval_limit)
+    rollout = RolloutConfig(gen_length=gen_length, block_length=block_length, steps=diffusion_steps)
+    try:
+        rollout.validate()
+        task_obj = lookup("task", task, TASKS)(data_dir=data_dir)
+        items = task_obj.load(split)
+        items = items[:eval_limit] if eval_limit else items
+        dev = resolve_device(device)
+        torch.set_num_threads(threads)
+        with console.status("preparing the model"):
+            model_path = resolve_model(model, data_dir=data_dir)
+    except ValueError as error:
+        fail(str(error))
+    from harness.policy import Policy
+
+    with console.status(f"decoding {len(items)} {task} {split} items"):
+        result = evaluate_split(Policy.from_pretrained(model_path, device=dev), task_obj, items, rollout)
+    name = "tiny" if model == "tiny" else Path(model).name
+    path = out / "eval" / f"{task}-{split}-{name}.json"
+    write_json_atomic(path, {"task": task, "task_version": task_obj.version, "split": split, "model": model,
+                             "model_path": str(model_path), "decoding": dataclasses.asdict(rollout),
+                             "metrics": result.summary(), "items": result.items, **environment(dev)})
+    console.print(metrics_table(f"{task} {split}, {name} model, greedy, {len(items)} items", result.metrics))
+    console.print(f"per-item records: {path}")
+
+
+@app.command()
+def score(
+    samples: Annotated[Path, typer.Argument(help="JSONL or JSON file of {id | question, completion} rows.")],
+    task: TaskName = "sudoku",
+    split: Split = "test",
+    out: Out = Path("results"),
+    data_dir: DataDir = None,
+) -> None:
+    """Score generations made elsewhere under this harness's protocol: every metric with its 95% interval; rows
+    that match no item are listed, never guessed."""
+    from harness.records import write_json_atomic
+    from harness.score import read_samples, score_samples
+
+    try:
+        task_obj = lookup("task", task, TASKS)(data_dir=data_dir)
+        rows = read_samples(samples)
+        items = task_obj.load(split)
+    except ValueError as error:
+        fail(str(error))
+    report = score_samples(task_obj, items, rows)
+    console.print(metrics_table(f"{task} {split}: {len(report.items)} of {report.rows} rows matched an item",
+                                report.metrics))
+    for row in report.unmatched:
+        console.print(f"unmatched: {samples}:{row['line']} ({row['by']} {row['key'][:60]!r})")
+    path = out / "score" / f"{task}-{split}-{samples.stem}.json"
+    write_json_atomic(path, {"task": task, "task_version": task_obj.version, "split": split,
+                             "samples": str(samples), **report.summary(), "items": report.items})
+    console.print(f"per-row records: {path}")
 
 
 @app.command()

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from tasks.countdown import Countdown
+from tasks.gsm8k import GSM8K
+from tasks.humaneval import HumanEval
+from tasks.math500 import MATH500
+from tasks.mbpp import MBPP
 from tasks.sudoku import Sudoku
 
 TASKS: dict[str, type] = {
+    "gsm8k": GSM8K,
+    "math500": MATH500,
     "sudoku": Sudoku,
+    "countdown": Countdown,
+    "humaneval": HumanEval,
+    "mbpp": MBPP,
 }

@@ -124,3 +124,44 @@ def hub_csv_rows(url: str, required: Sequence[str], check: RowCheck | None = Non
         _check_row(f"{url}:{index + HEADER_LINE + 1}", row, required, check)
         rows.append(dict(row))
     return rows
+
+
+def _rows_of(table: Any, source: str, required: Sequence[str], check: RowCheck | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for index, row in enumerate(table):
+        _check_row(f"{source}:{index + 1}", row, required, check)  # 1-based record number in the loaded split
+        rows.append(dict(row))
+    return rows
+
+
+def hub_rows(dataset: str, config: str | None, split: str, required: Sequence[str],
+             check: RowCheck | None = None) -> list[dict[str, Any]]:
+    """Rows of a Hugging Face Hub dataset split (`datasets.load_dataset(dataset, config, split=split)`), validated.
+
+    Errors name `dataset[config/split]:N`, N the 1-based record number.
+    """
+    import datasets  # lazy: a heavy import that only the no-local-dir path needs
+
+    table = datasets.load_dataset(dataset, config, split=split)
+    missing = [name for name in required if name not in table.column_names]
+    source = f"{dataset}[{config or 'default'}/{split}]"
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)} (has: {', '.join(table.column_names)})")
+    return _rows_of(table, source, required, check)
+
+
+def hub_jsonl_rows(url: str, required: Sequence[str], check: RowCheck | None = None) -> list[dict[str, Any]]:
+    """Rows of a remote JSON-lines file (a publisher's URL, e.g. d1's GitHub files) through `datasets` (cached)."""
+    import datasets
+
+    table = datasets.load_dataset("json", data_files=url, split="train")
+    return _rows_of(table, url, required, check)
+
+
+def task_rows(data_dir: Path | None, local_file: str | Path, hub: Callable[[], list[dict[str, Any]]],
+              required: Sequence[str], check: RowCheck | None = None) -> list[dict[str, Any]]:
+    """The one switch between the local override and the Hub: `<data_dir>/<local_file>` (JSON lines, optionally
+    gzipped) when a data dir is set, else whatever `hub()` loads (it should call `hub_rows` or `hub_jsonl_rows`)."""
+    if data_dir is None:
+        return hub()
+    return read_jsonl_rows(data_dir / local_file, required, check)

@@ -69,3 +69,11 @@ def make_batch(policy, n_prompts: int = 3, group: int = 4, prompt_len: int = 6, 
 @pytest.fixture
 def policy64():
     return make_policy()
+
+
+def save_model(folder: Path) -> Path:
+    """A 1-layer float32 random policy saved as a Hugging Face folder, for end-to-end CLI tests (`--model`)."""
+    policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
+    policy.model.save_pretrained(folder)
+    policy.tokenizer.save_pretrained(folder)
+    return folder

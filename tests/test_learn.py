@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import make_policy
+from conftest import save_model
 from typer.testing import CliRunner
 
 from harness import learn
@@ -37,11 +36,7 @@ def invoke(*args: str):  # noqa: ANN201
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "model"
-    policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
-    policy.model.save_pretrained(folder)
-    policy.tokenizer.save_pretrained(folder)
-    return folder
+    return save_model(tmp_path / "model")
 
 
 def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(

@@ -144,3 +144,27 @@ def test_hub_csv_rows_keeps_strings_and_names_lines(tmp_path: Path, monkeypatch:
     path.write_text("Puzzle\n0140432014020000\n")
     with raises_at(f"{path}: cannot read columns Puzzle, Solution"):
         hub_csv_rows(str(path), ["Puzzle", "Solution"])
+
+
+def test_hub_rows_validate_and_name_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub path (no network here: `load_dataset` is replaced by an in-memory split) checks rows like files do."""
+    import datasets
+
+    from tasks.data import hub_rows, task_rows
+
+    rows = [{"question": "1+1?", "answer": "#### 2"}, {"question": "", "answer": "#### 3"}]
+    calls = []
+
+    def fake_load(path: str, name: str | None = None, split: str | None = None) -> datasets.Dataset:
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert hub_rows("org/set", "main", "test", ["answer"]) == rows
+    with pytest.raises(DataError, match=r"^org/set\[main/test\]:2: missing field 'question'$"):
+        hub_rows("org/set", "main", "test", ["question", "answer"])
+    with pytest.raises(DataError, match=r"org/set\[default/train\]: missing column\(s\) solution"):
+        hub_rows("org/set", None, "train", ["solution"])
+    assert calls[0] == ("org/set", "main", "test")
+    hub = lambda: [{"from": "hub"}]  # noqa: E731
+    assert task_rows(None, "x.jsonl", hub, ["from"]) == [{"from": "hub"}]

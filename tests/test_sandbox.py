@@ -1,0 +1,205 @@
+"""The sandbox against hostile programs: each ends in a non-ok status (or fails at what it tried) in bounded time,
+leaves no process behind, and leaves the harness process and its results file alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tasks.sandbox import MAX_UIDS, PRELUDE, SANDBOX_UID_BASE, SandboxLimits, run_program, sandbox_python
+
+ROOT = os.geteuid() == 0
+FAST = SandboxLimits(wall_seconds=1.5, cpu_seconds=5)
+RESULTS_TEXT = '{"score": 0.5}\n'
+needs_root = pytest.mark.skipif(not ROOT, reason="this guarantee needs the root path (a dedicated uid)")
+
+
+def sandbox_processes() -> list[int]:
+    """Live processes of any sandbox uid (root path)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        uid = int(status.split("\nUid:")[1].split()[0])
+        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + MAX_UIDS and status.split("\nState:")[1].split()[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def results(tmp_path: Path):
+    """A results file of the harness; after the test it must be unchanged, and nothing of the sandbox alive."""
+    path = tmp_path / "results.json"
+    path.write_text(RESULTS_TEXT)
+    yield path
+    assert path.read_text() == RESULTS_TEXT
+    if ROOT:
+        assert sandbox_processes() == []
+
+
+def run_hostile(source: str, results: Path, limit: float = 5.0):
+    started = time.monotonic()
+    result = run_program(source.replace("RESULTS", str(results)), FAST)
+    assert time.monotonic() - started < limit
+    pids = [int(w) for w in result.stdout.split() if w.startswith("pid=") for w in [w[4:]]]
+    assert not any(alive(pid) for pid in pids), result
+    return result
+
+
+def test_normal_program_prints_and_exits_ok() -> None:
+    result = run_program("print('hello', 6 * 7)")
+    assert (result.status, result.returncode, result.stdout, result.stderr) == ("ok", 0, "hello 42\n", "")
+
+
+def test_failing_assert_and_syntax_error_are_errors() -> None:
+    failing = run_program("assert 1 + 1 == 3, 'arithmetic'")
+    assert failing.status == "error" and "AssertionError: arithmetic" in failing.stderr
+    broken = run_program("def f(:\n    pass")
+    assert broken.status == "error" and "SyntaxError" in broken.stderr
+
+
+def test_infinite_loop_times_out(results: Path) -> None:
+    assert run_hostile("while True:\n    pass", results).status == "timeout"
+
+
+def test_sigterm_ignoring_sleeper_is_killed(results: Path) -> None:
+    source = ("import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "print(f'pid={os.getpid()}', flush=True)\ntime.sleep(60)")
+    assert run_hostile(source, results).status == "timeout"
+
+
+def test_fork_bomb_is_contained(results: Path) -> None:
+    source = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    assert run_hostile(source, results, limit=10.0).status != "ok"
+
+
+def test_huge_allocation_fails() -> None:
+    result = run_program("x = bytearray(4 << 30)\nprint('allocated')", FAST)
+    assert result.status == "error" and "MemoryError" in result.stderr and "allocated" not in result.stdout
+
+
+def test_huge_print_is_cut_at_the_file_size_limit(results: Path) -> None:
+    limits = SandboxLimits(wall_seconds=5, file_size_bytes=1 << 20, output_bytes=4096)
+    result = run_program("import sys\nsys.stdout.write('x' * 100_000_000)\nsys.stdout.flush()", limits)
+    assert result.status == "error" and "File too large" in result.stderr
+    assert len(result.stdout) < limits.output_bytes + 100
+
+
+@needs_root
+def test_writes_outside_the_working_directory_fail(results: Path) -> None:
+    outside = Path("/tmp") / f"sandbox-escape-{uuid.uuid4().hex}"
+    source = f"""
+for path in ['RESULTS', '{outside}']:
+    try:
+        open(path, 'w').write('pwned')
+        print('wrote', path)
+    except OSError as e:
+        print('refused', path, type(e).__name__)
+import os
+try:
+    os.remove('RESULTS')
+except OSError:
+    pass
+open('inside.txt', 'w').write('fine')
+print(os.getuid())
+"""
+    result = run_hostile(source, results)
+    assert result.status == "ok" and f"refused {results}" in result.stdout
+    assert not outside.exists()  # it wrote to its private /tmp, which vanished with it
+    assert int(result.stdout.split()[-1]) >= SANDBOX_UID_BASE
+
+
+def test_network_is_cut(results: Path) -> None:
+    source = """
+import os, socket
+print(os.readlink('/proc/self/ns/net'))
+try:
+    socket.create_connection(('1.1.1.1', 53), timeout=1)
+    print('connected')
+except OSError as e:
+    print('no connection', type(e).__name__)
+try:
+    server = socket.socket()
+    server.bind(('0.0.0.0', 8765))
+    server.listen()
+    print('bound')
+except OSError as e:
+    print('no bind', type(e).__name__)
+"""
+    result = run_hostile(source, results)
+    assert "connected" not in result.stdout.split()
+    namespace = result.stdout.split()[0]
+    if ROOT:
+        assert namespace != os.readlink("/proc/self/ns/net")  # bound, if at all, inside its own namespace
+    elif namespace == os.readlink("/proc/self/ns/net"):
+        assert "no bind" in result.stdout
+
+
+def test_audit_hook_fallback_refuses_sockets(tmp_path: Path) -> None:
+    """The non-root fallback, run directly: the prelude sees the harness's namespace and blocks sockets."""
+    (tmp_path / "program.py").write_text("import socket\nsocket.socket()\nprint('socket made')")
+    here = os.readlink("/proc/self/ns/net")
+    done = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", PRELUDE, here], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "PermissionError" in done.stderr and "socket made" not in done.stdout
+
+
+@needs_root
+def test_signalling_the_harness_fails(results: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "30"])
+    source = """
+import os, signal
+hits = 0
+for target in [os.getppid()] + [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:
+    try:
+        os.kill(target, signal.SIGKILL)
+        hits += 1
+    except OSError:
+        pass
+try:
+    os.kill(-1, signal.SIGKILL)
+except OSError:
+    pass
+print('hits', hits)
+"""
+    try:
+        result = run_hostile(source, results)
+        assert bystander.poll() is None and "hits 0" in result.stdout
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@needs_root
+def test_setsid_double_fork_escape_is_swept(results: Path) -> None:
+    source = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        print(f'pid={os.getpid()}', flush=True)
+        time.sleep(60)
+    os._exit(0)
+time.sleep(0.3)
+"""
+    result = run_hostile(source, results)
+    assert result.status == "ok" and result.strays >= 1
+
+
+def test_sandbox_python_is_usable_by_the_sandbox() -> None:
+    assert os.access(sandbox_python(), os.X_OK)
