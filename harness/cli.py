@@ -35,6 +35,7 @@ from harness.cli_common import (
     metrics_table,
     parse_ints,
     parse_names,
+    report,
     run_all,
 )
 from harness.config import EvalConfig, RolloutConfig, RunConfig, TrainConfig
@@ -100,17 +101,6 @@ def compare(
     rollouts = train_cfg.prompts_per_step * train_cfg.group_size
     report(records, metric, f"{task} {metric} (greedy, test split), {model} model, {steps} steps x {rollouts} "
            f"rollouts, mu={mu}", out)
-
-
-def report(records: list[dict], metric: str, title: str, out: Path) -> None:
-    """Print the comparison table and write it as Markdown beside the records."""
-    from harness.tables import comparison_table, markdown_table
-
-    console.print(comparison_table(records, metric, title))
-    table_path = out / "compare.md"
-    table_path.parent.mkdir(parents=True, exist_ok=True)
-    table_path.write_text(f"# {title}\n\n" + markdown_table(records, metric))
-    console.print(f"records: {out / 'runs'}  table: {table_path}")
 
 
 @bench_app.command("memory")

@@ -101,3 +101,13 @@ def metrics_table(title: str, metrics: dict) -> Table:
         table.add_row(name, f"{100 * e.mean:.1f}", f"[{100 * e.low:.1f}, {100 * e.high:.1f}]", str(e.n))
     return table
 
+
+def report(records: list[dict], metric: str, title: str, out: Path) -> None:
+    """Print the comparison table and write it as Markdown beside the records."""
+    from harness.tables import comparison_table, markdown_table
+
+    console.print(comparison_table(records, metric, title))
+    table_path = out / "compare.md"
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+    table_path.write_text(f"# {title}\n\n" + markdown_table(records, metric))
+    console.print(f"records: {out / 'runs'}  table: {table_path}")
