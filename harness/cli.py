@@ -238,7 +238,7 @@ def eval_model(
     import torch
 
     from harness.device import resolve_device
-    from harness.evaluate import evaluate_split
+    from harness.evaluate import evaluate
     from harness.records import environment, write_json_atomic
     from harness.schedule import resolve_model
 
@@ -259,7 +259,8 @@ def eval_model(
     from harness.policy import Policy
 
     with console.status(f"decoding {len(items)} {task} {split} items"):
-        result = evaluate_split(Policy.from_pretrained(model_path, device=dev), task_obj, items, rollout)
+        result = evaluate(Policy.from_pretrained(model_path, device=dev), task_obj, items, rollout,
+                          EvalConfig.batch_size)
     name = "tiny" if model == "tiny" else Path(model).name
     path = out / "eval" / f"{task}-{split}-{name}.json"
     write_json_atomic(path, {"task": task, "task_version": task_obj.version, "split": split, "model": model,

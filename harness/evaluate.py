@@ -13,8 +13,6 @@ from harness.rollout import generate
 from harness.stats import Estimate, bootstrap_mean
 from tasks.base import Item, Task
 
-EVAL_BATCH_SIZE = 100
-
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -23,11 +21,6 @@ class EvalResult:
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {name: {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n} for name, e in self.metrics.items()}
-
-
-def evaluate_split(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConfig, seed: int = 0) -> EvalResult:
-    """Greedy-by-default evaluation with the batch size the harness uses everywhere."""
-    return evaluate(policy, task, items, cfg, EVAL_BATCH_SIZE, seed)
 
 
 def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConfig, batch_size: int = 100,

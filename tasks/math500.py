@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from tasks.base import Item
 from tasks.data import hub_rows, local_data_dir, task_rows
-from tasks.gsm8k import SYSTEM_PROMPT
+from tasks.gsm8k import GSM8K, SYSTEM_PROMPT
 from tasks.math_answers import last_boxed, math_scores
 
 HUB_TEST = ("HuggingFaceH4/MATH-500", None, "test")
@@ -78,8 +78,7 @@ class MATH500:
         if split not in LOCAL_FILES:
             raise ValueError(f"unknown split {split!r} for task 'math500'; expected train or test")
         if split == "train" and self.data_dir is not None and not (self.data_dir / LOCAL_FILES["train"]).is_file():
-            from tasks.gsm8k import GSM8K  # BGPO trains math on MATH + GSM8K train; offline, GSM8K's is what exists
-
+            # BGPO trains math on MATH + GSM8K train; offline, GSM8K's is what exists
             return GSM8K(self.data_dir).load("train")
         if split not in self._splits:
             dataset, config, hub_split = HUB_TEST if split == "test" else HUB_TRAIN
