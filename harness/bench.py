@@ -67,3 +67,71 @@ def growth_ratios(rows: Sequence[dict[str, Any]], key: str = "mem/peak_activatio
         mine = sorted((r for r in rows if r["objective"] == name), key=lambda r: r["n_t"])
         ratios[name] = mine[-1][key] / mine[0][key]
     return ratios
+
+
+# ---- memory at a real model's shape (budget-matched n_t at scale) ----------------------------------------------
+MODEL_SHAPES: dict[str, dict[str, int | float]] = {
+    "llada-8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                 "intermediate_size": 12288, "vocab_size": 126464, "rope_theta": 500000.0},
+    "llama-tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                   "intermediate_size": 128, "vocab_size": 512},
+}
+"""Architectures the budget benchmark builds with random weights (LLaDA-8B-Instruct's config as a bidirectional
+Llama: same widths, depth, heads and vocabulary; memory does not depend on the weights' values)."""
+
+
+def shaped_policy(shape: dict[str, int | float], device: torch.device, dtype: torch.dtype) -> Policy:
+    """A random-weight bidirectional Llama of ``shape`` built directly on ``device`` in ``dtype``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(**shape, max_position_embeddings=4096, is_causal=False, tie_word_embeddings=False)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    return Policy(model, tokenizer)
+
+
+def synthetic_batch(policy: Policy, sequences: int, prompt_length: int, gen_length: int, seed: int = 0) -> Batch:
+    """``sequences`` random prompts + full-length completions (one group, advantages alternating +-1)."""
+    from harness.structs import Rollout
+
+    generator = torch.Generator().manual_seed(seed)
+    high = min(len(policy.tokenizer), 256)  # byte tokens: never the mask, EOS or pad id
+    prompt = torch.randint(0, high, (sequences, prompt_length), generator=generator).to(policy.device)
+    completion = torch.randint(0, high, (sequences, gen_length), generator=generator).to(policy.device)
+    rollout = Rollout(prompt_ids=prompt, prompt_mask=torch.ones_like(prompt, dtype=torch.bool),
+                      completion_ids=completion, completion_mask=torch.ones_like(completion, dtype=torch.bool),
+                      texts=[""] * sequences)
+    advantages = torch.tensor([1.0, -1.0]).repeat(sequences // 2 + 1)[:sequences]
+    return Batch(rollout=rollout, rewards=advantages.clone(), advantages=advantages, group_size=sequences, seed=seed)
+
+
+def probe_update(policy: Policy, objective: Any, batch: Batch, device: torch.device) -> dict[str, Any]:
+    """Peak memory of one AdamW update of ``objective`` on a live policy; an OOM is a result ('oom')."""
+    # foreach=False: a per-parameter loop keeps AdamW's temporaries to one parameter's size, so the peak reflects
+    # the objective and the state (2 x params), not a whole-model copy made by the fused multi-tensor kernels.
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-6, foreach=False)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    try:
+        with track_peak_memory(policy.model, optimizer, device) as peak:
+            prepared = objective.prepare(policy, batch, 1)
+            for term in objective.loss_terms(policy, prepared, 0):
+                term.loss.backward()
+            optimizer.step()
+        row = {"outcome": "ok", **peak.split.to_mb(), "time/update_tracked_s": time.perf_counter() - started}
+        if device.type == "cuda":
+            row["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            row["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    except torch.OutOfMemoryError:
+        row = {"outcome": "oom"}
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row

@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
+from harness import cli_sweep
+from harness.budget import parse_size
 from harness.cli_common import (
-    COMPARE_MU,
-    COMPARE_STEPS,
     USAGE_EXIT,
     DataDir,
     Device,
@@ -35,13 +35,12 @@ from harness.cli_common import (
     metrics_table,
     parse_ints,
     parse_names,
-    report,
     run_all,
 )
-from harness.config import EvalConfig, RolloutConfig, RunConfig, TrainConfig
-from harness.elbo import ElboConfig
+from harness.config import EvalConfig, RolloutConfig, TrainConfig
 from harness.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_LR, LEARN_STEPS, LEARN_TEMPERATURE
 from harness.registry import lookup
+from harness.sweep import COMPARE_MU, COMPARE_STEPS
 from objectives import OBJECTIVES
 from tasks import TASKS
 
@@ -49,12 +48,16 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Compare RL objectives for diffusion LLMs on one policy and one task suite.")
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks (figures under results/bench).")
 app.add_typer(bench_app, name="bench")
+app.command()(cli_sweep.sweep)
+app.command()(cli_sweep.leaderboard)
+app.command()(cli_sweep.check)
+bench_app.command("budget")(cli_sweep.bench_budget)
 
 @app.command()
 def compare(
     objectives: Annotated[str, typer.Option(help="Comma list of objectives (`harness ls`).")] = "bgpo,vrpo,diffu-grpo",
     nt: Annotated[str, typer.Option(help="Comma list of n_t (ELBO Monte Carlo draws).")] = "4,16",
-    task: Annotated[str, typer.Option(help="Task name (see `harness ls`).")] = "sudoku",
+    task: Annotated[str, typer.Option("--task", "--tasks", help="Comma list of tasks (`harness ls`).")] = "sudoku",
     model: Model = "tiny",
     seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0",
     steps: Annotated[int, typer.Option(help="RL steps (rollout batches) per run.")] = COMPARE_STEPS,
@@ -63,44 +66,38 @@ def compare(
     temperature: Temperature = LEARN_TEMPERATURE,
     estimator: Estimator = LEARN_ESTIMATOR,
     eval_limit: EvalLimit = 0,
+    memory_budget: Annotated[str | None, typer.Option(
+        help="e.g. 80GiB: each ELBO objective gets the largest --nt value whose measured peak memory fits.")] = None,
     out: Out = Path("results"),
     data_dir: DataDir = None,
     device: Device = "cpu",
     threads: Threads = 2,
 ) -> None:
-    """Train every (objective, n_t, seed) from the same base policy; print accuracy, memory and step time."""
-    import torch
+    """Train every (objective, n_t, task, seed) from the same base policy; print accuracy, memory and step time.
+    Re-running resumes: finished runs (records under --out/runs) are skipped."""
+    from harness.cli_sweep import execute
+    from harness.sweep import SweepSpec
 
-    from harness.device import resolve_device
-    from harness.policy import Policy
-    from harness.schedule import evaluate_policy, expand_grid, resolve_model, run_one
     names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
+    tasks = parse_names("--task", task, "task", TASKS)
     nts, seed_list = parse_ints("--nt", nt), parse_ints("--seeds", seeds, minimum=0)
     check_positive(steps=steps, mu=mu, threads=threads)
     check_non_negative(eval_limit=eval_limit)
-    try:
-        lookup("task", task, TASKS)
-        dev = resolve_device(device)
-        torch.set_num_threads(threads)
-        if temperature < 0:
-            fail(f"--temperature: {temperature} is negative")
-        rollout = dataclasses.replace(TrainConfig().rollout, temperature=temperature)
-        train_cfg = dataclasses.replace(TrainConfig(), steps=steps, mu=mu, lr=lr, rollout=rollout)
-        base = RunConfig(objective=names[0], objective_config=None, task=task, model=model, train=train_cfg,
-                         eval=EvalConfig(limit=eval_limit), device=str(dev), threads=threads, data_dir=data_dir)
-        runs = expand_grid(base, names, nts, seed_list, elbo=ElboConfig(estimator=estimator))
-        with console.status("preparing the base policy (the tiny model is pretrained once, then cached)"):
-            model_path = resolve_model(model, data_dir=data_dir)
-            before = evaluate_policy(Policy.from_pretrained(model_path, device=dev), base)
-    except ValueError as error:  # our errors are ValueErrors whose message names the culprit
-        fail(str(error))
-    metric = lookup("task", task, TASKS).metric
-    base_score = before.metrics[metric]
-    console.print(f"base policy {model_path}: {metric} {base_score.pct()} on {base_score.n} items")
-    records = run_all(runs, lambda cfg, on_step: run_one(cfg, model_path, before, out, on_step))
+    if temperature < 0:
+        fail(f"--temperature: {temperature} is negative")
+    if memory_budget is not None:
+        try:
+            parse_size(memory_budget)
+        except ValueError as error:
+            fail(str(error))
+    rollout = dataclasses.replace(TrainConfig().rollout, temperature=temperature)
+    train_cfg = dataclasses.replace(TrainConfig(), steps=steps, mu=mu, lr=lr, rollout=rollout)
+    spec = SweepSpec(objectives=tuple(names), nts=tuple(nts), tasks=tuple(tasks), seeds=tuple(seed_list), model=model,
+                     train=train_cfg, estimator=estimator, eval_limit=eval_limit, memory_budget=memory_budget,
+                     device=device, threads=threads, data_dir=data_dir)
     rollouts = train_cfg.prompts_per_step * train_cfg.group_size
-    report(records, metric, f"{task} {metric} (greedy, test split), {model} model, {steps} steps x {rollouts} "
-           f"rollouts, mu={mu}", out)
+    execute(spec, out, f"{','.join(tasks)} (greedy, test split), {model} model, {steps} steps x {rollouts} rollouts, "
+                       f"mu={mu}" + (f", memory budget {memory_budget}" if memory_budget else ""))
 
 
 @bench_app.command("memory")

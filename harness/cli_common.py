@@ -6,6 +6,8 @@ Kept apart from `harness/cli.py` so that file holds only the commands.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -26,10 +28,6 @@ Model = Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or 
 EvalLimit = Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; for quick tries).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 Temperature = Annotated[float, typer.Option(help="Sampling temperature of the training rollouts (eval is greedy).")]
-COMPARE_STEPS = 30
-"""Short enough for the default comparison to finish in about 10 minutes on 2 CPU cores (fresh clone)."""
-COMPARE_MU = 2
-"""The paper's off-policy setting: two updates per rollout batch (there BGPO's bound and VRPO-OL differ)."""
 DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else env DLLM_HARNESS_DATA_DIR, else Hub).")]
 
 
@@ -74,19 +72,33 @@ def _progress() -> Progress:
                     console=console)
 
 
-def run_all(runs: list, run) -> list[dict]:  # noqa: ANN001
-    """Call ``run(cfg, on_step)`` for each config, with one progress bar per run and one overall."""
-    records = []
+@contextmanager
+def progress_bars(runs: list) -> Iterator:  # noqa: ANN001
+    """Yield ``on_start(cfg) -> on_step``: one progress bar per run (a stored run fills at once) and one overall."""
     with _progress() as progress:
         overall = progress.add_task("runs", total=len(runs))
-        for cfg in runs:
+        current: dict = {}
+
+        def on_start(cfg) -> Callable:  # noqa: ANN001
+            if current:
+                progress.update(current["bar"], completed=current["total"])
+                progress.update(overall, advance=1)
             n_t = getattr(cfg.objective_config, "n_t", None)
             label = cfg.objective + (f" n_t={n_t}" if n_t else "") + f" mu={cfg.train.mu} seed={cfg.seed}"
             bar = progress.add_task(label, total=cfg.train.steps)
-            records.append(run(cfg, lambda step, metrics, bar=bar: progress.update(bar, completed=step + 1)))
-            progress.update(bar, completed=cfg.train.steps)  # a stored run is reused without stepping
+            current.update(bar=bar, total=cfg.train.steps)
+            return lambda step, metrics: progress.update(bar, completed=step + 1)
+
+        yield on_start
+        if current:
+            progress.update(current["bar"], completed=current["total"])
             progress.update(overall, advance=1)
-    return records
+
+
+def run_all(runs: list, run) -> list[dict]:  # noqa: ANN001
+    """Call ``run(cfg, on_step)`` for each config under ``progress_bars``."""
+    with progress_bars(runs) as on_start:
+        return [run(cfg, on_start(cfg)) for cfg in runs]
 
 
 TaskName = Annotated[str, typer.Option(help="Task name (see `harness ls`).")]
@@ -102,12 +114,12 @@ def metrics_table(title: str, metrics: dict) -> Table:
     return table
 
 
-def report(records: list[dict], metric: str, title: str, out: Path) -> None:
+def report(records: list[dict], title: str, out: Path) -> None:
     """Print the comparison table and write it as Markdown beside the records."""
     from harness.tables import comparison_table, markdown_table
 
-    console.print(comparison_table(records, metric, title))
+    console.print(comparison_table(records, title))
     table_path = out / "compare.md"
     table_path.parent.mkdir(parents=True, exist_ok=True)
-    table_path.write_text(f"# {title}\n\n" + markdown_table(records, metric))
-    console.print(f"records: {out / 'runs'}  table: {table_path}")
+    table_path.write_text(f"# {title}\n\n" + markdown_table(records))
+    console.print(f"records: {out / 'runs'}  results: {out / 'results.jsonl'}  table: {table_path}")

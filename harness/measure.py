@@ -239,7 +239,7 @@ class Meter:
         track_memory: bool = False,
     ) -> None:
         self.model = model
-        self.optimizer = optimizer
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper lacks the hook registry
         self.device = torch.device(device)
         self.track_memory = track_memory
         self._times: dict[str, float] = {}
@@ -247,8 +247,8 @@ class Meter:
         self._tracking = ExitStack()  # CPU: holds the open track_peak_memory context of the current step
         self._peak: PeakMemory | None = None
         self._cuda_grad_bytes = 0  # CUDA: largest gradient bytes sampled in the current step
-        if self._on_cuda and optimizer is not None:
-            optimizer.register_step_pre_hook(lambda *_: self._sample_cuda_grads())
+        if self.optimizer is not None:  # on every device, so CPU runs exercise it too; a no-op off CUDA
+            self.optimizer.register_step_pre_hook(lambda *_: self._sample_cuda_grads())
 
     @property
     def _on_cuda(self) -> bool:

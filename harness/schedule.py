@@ -17,7 +17,7 @@ import torch
 from harness.config import RunConfig
 from harness.evaluate import EvalResult, evaluate
 from harness.policy import Policy
-from harness.records import environment, write_json_atomic
+from harness.records import environment
 from harness.registry import lookup
 from harness.tiny import TinyConfig, tiny_model_path
 from harness.trainer import train
@@ -67,9 +67,10 @@ def evaluate_policy(policy: Policy, cfg: RunConfig) -> EvalResult:
     return evaluate(policy, task, items, cfg.eval.rollout, cfg.eval.batch_size, seed=cfg.seed)
 
 
-def run_one(cfg: RunConfig, model_path: Path, before: EvalResult, out_dir: Path,
+def run_one(cfg: RunConfig, model_path: Path, before: dict[str, Any],
             on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train one run from the base checkpoint, evaluate it, and write its record under ``out_dir/runs``."""
+    """Train one run from the base checkpoint and evaluate it; returns its record (``before``: the base policy's
+    evaluation summary). The caller writes it (harness/sweep.py, atomically)."""
     device = torch.device(cfg.device)
     policy = Policy.from_pretrained(model_path, device=device)
     objective = lookup("objective", cfg.objective, OBJECTIVES)(cfg.objective_config)
@@ -83,7 +84,6 @@ def run_one(cfg: RunConfig, model_path: Path, before: EvalResult, out_dir: Path,
               "decoding": {"train": dataclasses.asdict(cfg.train.rollout),
                            "eval": dataclasses.asdict(cfg.eval.rollout)},
               "seed": cfg.seed, "steps": history, "train_seconds": train_s,
-              "eval": {"before": before.summary(), "after": after.summary()},
+              "eval": {"before": before, "after": after.summary()},
               "eval_items_after": after.items, **environment(device)}
-    write_json_atomic(out_dir / "runs" / f"{record['run_id']}.json", record)
     return record

@@ -32,35 +32,46 @@ def reward_ends(record: dict[str, Any]) -> tuple[float, float]:
     return sum(rewards[:k]) / k, sum(rewards[-k:]) / k
 
 
-def row(record: dict[str, Any], metric: str) -> dict[str, str]:
-    cfg = record["config"]
-    before, after = record["eval"]["before"][metric], record["eval"]["after"][metric]
-    first, last = reward_ends(record)
+def record_metric(record: dict[str, Any]) -> str:
+    """The headline metric of the record's task (cell_accuracy for Sudoku, accuracy for GSM8K, ...)."""
+    from harness.registry import lookup
+    from tasks import TASKS
+
+    return lookup("task", record["config"]["task"], TASKS).metric
+
+
+def row(record: dict[str, Any]) -> dict[str, str]:
+    """A run's table row; a failed run (outcome nan / diverged / oom / error) shows its outcome instead of a delta."""
+    cfg, metric = record["config"], record_metric(record)
+    ok = record.get("outcome", "ok") == "ok"
+    before = record["eval"]["before"][metric]
+    after = record["eval"]["after"][metric] if ok else None
+    first, last = reward_ends(record) if record["steps"] else (float("nan"), float("nan"))
     mem = peak_memory(record)
     n_t = cfg["objective_config"].get("n_t", 1)
-    return {"objective": cfg["objective"], "n_t": str(n_t), "seed": str(cfg["seed"]),
-            "before": _pct(before), "after": _pct(after),
-            "delta": f"{100 * (after['mean'] - before['mean']):+.1f}",
+    return {"task": cfg["task"], "objective": cfg["objective"], "n_t": str(n_t), "seed": str(cfg["seed"]),
+            "before": _pct(before), "after": _pct(after) if ok else "-",
+            "delta": f"{100 * (after['mean'] - before['mean']):+.1f}" if ok else record["outcome"],
             "reward": f"{first:.2f} -> {last:.2f}",
             "act_mb": f"{mem['mem/peak_activations_mb']:.1f}", "total_mb": f"{mem['mem/peak_total_mb']:.1f}",
-            "step_s": f"{step_time(record):.2f}"}
+            "step_s": f"{step_time(record):.2f}" if record["steps"] else "-"}
 
 
-HEADERS = {"objective": "objective", "n_t": "n_t", "seed": "seed", "before": "acc before % [95% CI]",
+HEADERS = {"task": "task", "objective": "objective", "n_t": "n_t", "seed": "seed", "before": "acc before % [95% CI]",
            "after": "acc after % [95% CI]", "delta": "delta", "reward": "train reward first -> last 20%",
            "act_mb": "peak act MB", "total_mb": "peak total MB", "step_s": "step s"}
 
 
-def comparison_table(records: Sequence[dict[str, Any]], metric: str, title: str) -> Table:
+def comparison_table(records: Sequence[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
     for key, header in HEADERS.items():
-        table.add_column(header, justify="left" if key == "objective" else "right")
+        table.add_column(header, justify="left" if key in ("task", "objective") else "right")
     for record in records:
-        table.add_row(*row(record, metric).values())
+        table.add_row(*row(record).values())
     return table
 
 
-def markdown_table(records: Sequence[dict[str, Any]], metric: str) -> str:
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(HEADERS.values()) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(row(r, metric).values()) + " |" for r in records]
+    lines += ["| " + " | ".join(row(r).values()) + " |" for r in records]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ runs this same code, each process drawing its own prompts (groups never straddle
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import defaultdict
@@ -26,6 +27,33 @@ from objectives.base import Objective
 from tasks.base import Item, Task
 
 SEED_STRIDE = 1_000_003  # separates per-step seeds of runs with different base seeds
+COLLAPSE_WINDOW = 10
+COLLAPSE_FRACTION = 0.5
+"""A run 'diverged' when the mean training reward of its last COLLAPSE_WINDOW steps falls below COLLAPSE_FRACTION of
+that of its first COLLAPSE_WINDOW steps. Not the gradient norm: healthy off-policy runs of issue #4 had single clipped
+spikes of 1e8-1e13 and recovered, while the collapses that did happen took the reward from 0.45 to 0.07."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early with an outcome ('nan' or 'diverged'); ``history`` holds the steps run so far."""
+
+    def __init__(self, outcome: str, reason: str, history: list[dict[str, float]]) -> None:
+        super().__init__(reason)
+        self.outcome, self.history = outcome, history
+
+
+def stop_reason(history: Sequence[dict[str, float]]) -> tuple[str, str] | None:
+    """('nan' | 'diverged', why) when the last step says training cannot go on, else None."""
+    step, last = len(history) - 1, history[-1]
+    loss, grad_norm = last["loss/policy"], last["grad_norm"]
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        return "nan", f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}"
+    if len(history) >= 2 * COLLAPSE_WINDOW:
+        first = sum(m["reward"] for m in history[:COLLAPSE_WINDOW]) / COLLAPSE_WINDOW
+        recent = sum(m["reward"] for m in history[-COLLAPSE_WINDOW:]) / COLLAPSE_WINDOW
+        if recent < COLLAPSE_FRACTION * first:
+            return "diverged", f"training reward collapsed from {first:.3f} to {recent:.3f} by step {step}"
+    return None
 
 
 def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: Sequence[Item], cfg: TrainConfig,
@@ -74,7 +102,9 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
 
 def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, seed: int,
           on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Run ``cfg.steps`` RL steps on the task's train split; returns the per-step metrics."""
+    """Run ``cfg.steps`` RL steps on the task's train split; returns the per-step metrics.
+
+    Raises ``TrainingStopped`` after the first step whose loss or gradient is non-finite or diverged."""
     cfg.validate()
     accelerator = Accelerator(cpu=policy.device.type == "cpu")
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -86,10 +116,10 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
     pool = task.load("train")
     sampler = random.Random(seed + accelerator.process_index)
     generator = torch.Generator().manual_seed(seed + accelerator.process_index)
+    meter = Meter(model=accelerator.unwrap_model(policy.model), optimizer=optimizer, device=policy.device)
     history = []
     for step in range(cfg.steps):
-        meter = Meter(model=accelerator.unwrap_model(policy.model), optimizer=optimizer, device=policy.device,
-                      track_memory=step < cfg.track_memory_steps)
+        meter.track_memory = step < cfg.track_memory_steps
         items = sampler.sample(pool, cfg.prompts_per_step)
         started = time.perf_counter()
         metrics = rl_step(step, policy, objective, task, items, cfg, optimizer, scheduler, accelerator, meter,
@@ -99,5 +129,8 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)
+        if stop := stop_reason(history):
+            policy.model = accelerator.unwrap_model(policy.model)
+            raise TrainingStopped(*stop, history)
     policy.model = accelerator.unwrap_model(policy.model)
     return history

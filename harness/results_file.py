@@ -1,0 +1,75 @@
+"""The results file: one JSON line per finished run (`results.jsonl`), the table that leaderboards and CI gates read.
+
+The truth of a sweep is its per-run record files (``runs/<run_id>.json``, each written atomically); the results file
+is derived from them. A finished run appends its row with one ``write`` (and an fsync), and a sweep that starts
+rewrites the file atomically from the records, in grid order, so a line cut short by a kill is healed and no run is
+listed twice.
+
+Readers never trust the file blindly: a line that is not a complete JSON object (a kill mid-append, a hand edit) is
+reported as ``path:line: ...`` and skipped, and the rest is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROW_SCHEMA = 1
+RESULTS_NAME = "results.jsonl"
+REQUIRED = ("run_id", "task", "objective", "n_t", "mu", "seed", "outcome")
+"""Keys every row must have; a row without them is reported and skipped like a truncated line."""
+OUTCOMES = ("ok", "nan", "diverged", "oom", "error")
+"""ok: trained and evaluated. nan: a non-finite loss or gradient stopped training. diverged: the gradient norm
+exceeded the divergence limit. oom: out of memory. error: any other exception (its message is in the row)."""
+
+
+def read_results(path: Path, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Rows of a results file; each bad line is passed to ``warn`` as 'path:line: why' and skipped."""
+    rows = []
+    with Path(path).open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            why = None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                cut = "" if line.endswith("\n") else ", no newline: cut short"
+                why = f"not a complete JSON line ({error.msg}{cut})"
+            else:
+                if not isinstance(row, dict):
+                    why = "not a JSON object"
+                elif missing := [key for key in REQUIRED if key not in row]:
+                    why = f"missing {', '.join(missing)}"
+            if why:
+                warn(f"{path}:{number}: {why}; line skipped")
+                continue
+            rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row as a single write, flushed to disk, so a reader sees it whole or (after a kill) cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(row, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rewrite_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace the file with ``rows`` atomically (temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
