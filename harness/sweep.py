@@ -35,8 +35,8 @@ from tasks import TASKS
 
 REFERENCE_SIZE, REFERENCE_REPEATS = 384, 12
 """The reference computation that step times are divided by: ``REFERENCE_REPEATS`` float32 products of two
-``REFERENCE_SIZE`` square matrices, timed on the run's device in the same process (median of 5), so a step-time
-ratio compares code, not machines."""
+``REFERENCE_SIZE`` square matrices, timed on the run's device in the same process (median of 5) just before and
+just after each run (the mean of the two), so a step-time ratio compares code, not machines or their load."""
 
 
 COMPARE_STEPS = 30
@@ -278,7 +278,6 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None],
     stored = {cfg.run_id(): finished_record(record_path(out, cfg), warn, writer) for cfg in runs}
     if writer:
         rewrite_rows(results_path, [result_row(r) for r in stored.values() if r])  # heal the table
-    reference = reference_seconds(device)
     before_cache: dict[str, dict[str, Any]] = {}
     records = []
     with (progress(runs) if progress else nullcontext(lambda cfg: None)) as on_start:
@@ -291,7 +290,9 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None],
                     before_cache[cfg.task] = evaluate_policy(policy, cfg).summary()
                     del policy
                 before = before_cache[cfg.task]
+                reference = reference_seconds(device)
                 outcome = run_outcome(run, cfg, before, on_step or (lambda *_: None))
+                reference = (reference + reference_seconds(device)) / 2  # timed around the run: same machine load
                 record = outcome_record(cfg, outcome, before, model_path, device)
                 record |= {"sweep": name, "reference_s": reference, "memory_budget": spec.memory_budget}
                 if writer:  # under `accelerate launch` every process trains; one writes

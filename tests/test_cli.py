@@ -42,6 +42,13 @@ BAD_INPUT = [
     pytest.param(["bench", "memory", "--nt", "0"], ["--nt", "'0'"], id="bench-memory-nt-zero"),
     pytest.param(["compare", "--objectives", ""], ["--objectives"], id="empty-objectives"),
     pytest.param(["compare", "--eval-limit", "-1"], ["--eval-limit", "-1"], id="negative-eval-limit"),
+    pytest.param(["compare", "--memory-budget", "80XB"], ["--memory-budget", "'80XB'"], id="bad-memory-budget"),
+    pytest.param(["sweep", "missing.toml"], ["missing.toml"], id="missing-sweep-file"),
+    pytest.param(["check", "--baseline", "missing.json", "--results", "r.jsonl"], ["--baseline", "missing.json"],
+                 id="missing-baseline"),
+    pytest.param(["leaderboard", "missing.jsonl"], ["missing.jsonl"], id="missing-results-file"),
+    pytest.param(["bench", "budget", "--shape", "gpt-9", "--device", "cpu"], ["--shape", "'gpt-9'"],
+                 id="unknown-model-shape"),
     # rejected by the flag parser (typer's vendored click) rather than by our own checks
     pytest.param(["compare", "--steps", "x"], ["--steps"], id="steps-not-a-number"),
     pytest.param(["compare", "--lr", "fast"], ["--lr"], id="lr-not-a-number"),
