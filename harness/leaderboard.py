@@ -1,5 +1,5 @@
 """The leaderboard: the rows of a results file (``harness/results_file.py``) folded into one entry per arm
-(task, objective, n_t, mu), written as Markdown (for reviews), CSV (raw numbers, for scripts) and one static HTML
+(task, objective, n_t, mu, steps), written as Markdown (for reviews), CSV (raw numbers, for scripts) and one static HTML
 page (sortable table and plots) that opens offline from ``file://``.
 
 Rules:
@@ -29,20 +29,22 @@ from typing import Any
 
 from harness.results_file import OUTCOMES
 
-CSV_FIELDS = ("task", "objective", "n_t", "mu", "metric", "seeds", "outcomes", "interval", "after_pct",
+CSV_FIELDS = ("task", "objective", "n_t", "mu", "steps", "metric", "seeds", "outcomes", "interval", "after_pct",
               "after_low_pct", "after_high_pct", "before_pct", "delta_pts", "peak_total_mb", "peak_activations_mb",
               "step_s", "step_time_ratio")
 """Columns of ``leaderboard.csv``; percentages are 0..100 floats, an empty cell is a missing value."""
 RANGE_MARK = "\u2020"
 """Marks an accuracy whose brackets are the range over seeds, not a 95% CI."""
 COLUMNS = (("task", "task", False), ("objective", "objective", False), ("n_t", "n_t", True), ("mu", "mu", True),
-           ("seeds", "seeds", True), ("outcomes", "outcomes", False), ("after_pct", "acc after %", True),
+           ("steps", "steps", True), ("seeds", "seeds", True), ("outcomes", "outcomes", False),
+           ("after_pct", "acc after %", True),
            ("delta_pts", "delta pts", True), ("peak_total_mb", "peak total MB", True),
            ("peak_activations_mb", "peak act MB", True), ("step_s", "step s", True),
            ("step_time_ratio", "step-time ratio", True))
 """(entry key, header, numeric) of the Markdown and HTML tables."""
 NOTES = (
-    "One entry per (task, objective, n_t, mu); seeds = runs; outcomes: how runs ended (ok, nan, diverged, oom, error).",
+    "One entry per (task, objective, n_t, mu, RL steps); seeds = runs; outcomes: how runs ended (ok, nan, diverged, "
+    "oom, error).",
     "acc after %: mean over ok seeds of the accuracy after training. Brackets: the 95% CI of the run when one seed is "
     f"ok; [min, max] over seeds (the range over seeds, marked {RANGE_MARK}) when several are. '-': no ok seed.",
     "delta pts: acc after minus acc before (base policy), same ok seeds, in percentage points.",
@@ -75,6 +77,7 @@ def entry(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     before = [r["before"]["mean"] for r in ok if r.get("before")]
     curves = [r.get("reward_curve") or [] for r in rows]
     return {"task": first["task"], "objective": first["objective"], "n_t": first["n_t"], "mu": first["mu"],
+            "steps": first.get("steps"),
             "metric": first.get("metric") or "", "seeds": len(rows), "outcomes": _outcomes(rows),
             "interval": "" if not ok else "ci95" if len(ok) == 1 else "seed_range",
             "after_pct": _pct(mean(after)) if ok else None, "after_low_pct": _pct(low), "after_high_pct": _pct(high),
@@ -91,10 +94,10 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entries of all arms, sorted by task, then accuracy after descending (arms without an ok seed last)."""
     arms: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        arms.setdefault((row["task"], row["objective"], row["n_t"], row["mu"]), []).append(row)
+        arms.setdefault((row["task"], row["objective"], row["n_t"], row["mu"], row.get("steps")), []).append(row)
     entries = [entry(sorted(group, key=lambda r: r["seed"])) for group in arms.values()]
     return sorted(entries, key=lambda e: (e["task"], e["after_pct"] is None, -(e["after_pct"] or 0), e["objective"],
-                                          e["n_t"] is not None, e["n_t"] or 0, e["mu"]))
+                                          e["n_t"] is not None, e["n_t"] or 0, e["mu"], e["steps"] or 0))
 
 
 def cell(e: dict[str, Any], key: str) -> str:
