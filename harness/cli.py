@@ -68,7 +68,9 @@ def compare(
     eval_limit: EvalLimit = 0,
     memory_budget: Annotated[str | None, typer.Option(
         help="e.g. 80GiB: each ELBO objective gets the largest --nt value whose measured peak memory fits.")] = None,
-    out: Out = Path("results"),
+    out: Annotated[Path, typer.Option(help="Folder for records and tables; re-running into it resumes. The committed "
+                                           "reference runs live in results/ (made with --out results).")
+                   ] = Path("results/local"),
     data_dir: DataDir = None,
     device: Device = "cpu",
     threads: Threads = 2,
