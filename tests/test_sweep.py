@@ -241,3 +241,17 @@ def test_a_corrupt_record_is_kept_aside_and_its_run_redone(tmp_path: Path) -> No
     assert len(warnings) == 1 and warnings[0].startswith(f"{path}: unreadable")
     assert warnings[0].endswith("the run will be redone")
     assert len(list((out / "runs").glob("*.bad-*"))) == 1 and json.loads(path.read_text())["outcome"] == "nan"
+
+
+def test_no_committed_run_would_have_been_stopped() -> None:
+    """The stop rule against real histories: the committed runs include clipped gradient spikes of 1e8-1e13 that
+    recovered (BGPO mu = 2) and a late VRPO-OL dip; none is a NaN or a collapse, so none may be stopped."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    paths = sorted([*root.glob("runs/*.json"), *root.glob("learn/runs/*.json")])
+    assert len(paths) == 23
+    spikes = 0
+    for path in paths:
+        history = json.loads(path.read_text())["steps"]
+        assert all(stop_reason(history[:k]) is None for k in range(1, len(history) + 1)), path.name
+        spikes += max(step["grad_norm"] for step in history) > 1e8
+    assert spikes == 2
