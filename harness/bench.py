@@ -35,20 +35,12 @@ def fixed_batch(policy: Policy, task: Task, prompts: int, group: int, seed: int)
     return Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=group, seed=seed)
 
 
-def measure_update(model_path: Path, objective: Any, batch: Batch, device: torch.device) -> dict[str, float]:
+def measure_update(model_path: Path, objective: Any, batch: Batch, device: torch.device) -> dict[str, Any]:
     """Peak memory split and wall time of one update of ``objective`` on ``batch`` from a fresh policy."""
     policy = Policy.from_pretrained(model_path, device=device)
     if objective.needs_reference:
         policy.snapshot_reference()
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-5)
-    started = time.perf_counter()
-    with track_peak_memory(policy.model, optimizer, device) as peak:
-        prepared = objective.prepare(policy, batch, 1)
-        for term in objective.loss_terms(policy, prepared, 0):
-            term.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return {**peak.split.to_mb(), "time/update_tracked_s": time.perf_counter() - started}
+    return probe_update(policy, objective, batch, device)
 
 
 def memory_bench(model_path: Path, task: Task, objectives: Sequence[tuple[str, int, Any]], prompts: int = 8,

@@ -3,7 +3,7 @@
 This is how the BGPO paper compares BGPO with VRPO-OL: at equal memory, BGPO (one draw's graph alive at a time)
 affords many more Monte Carlo draws than VRPO-OL (all n_t graphs alive). The peak is *measured*, never guessed: one
 policy update (prepare, every loss term's backward, optimizer step) of the sweep's batch shape is run for each
-candidate n_t in ascending order, on the sweep's device, with ``bench.measure_update`` (torch's MemTracker on CPU,
+candidate n_t in ascending order, on the sweep's device, with ``bench.probe_update`` (torch's MemTracker on CPU,
 the caching allocator's peak on CUDA). An out-of-memory error counts as not fitting. The measurements are written to
 ``out/memory_budget.json`` and printed.
 

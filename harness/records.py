@@ -12,9 +12,10 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -65,15 +66,21 @@ def _cpu_model() -> str | None:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    """Write ``payload`` as JSON to ``path`` atomically (see ``write_atomic``)."""
+    write_atomic(path, lambda handle: json.dump(payload, handle, indent=1, default=str))
+
+
+def write_atomic(path: Path, write: Callable[[TextIO], None]) -> None:
+    """Let ``write`` fill a temporary file in the same folder, then rename it over ``path``: readers see the old
+    file or the whole new one, never a part (a failure half-way leaves the old file and no temporary)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; a record should be as readable as any file we write
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, default=str)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

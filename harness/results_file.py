@@ -65,11 +65,6 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 def rewrite_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Replace the file with ``rows`` atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from harness.records import write_atomic
+
+    write_atomic(path, lambda handle: handle.writelines(json.dumps(row, default=str) + "\n" for row in rows))

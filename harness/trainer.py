@@ -118,19 +118,20 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
     generator = torch.Generator().manual_seed(seed + accelerator.process_index)
     meter = Meter(model=accelerator.unwrap_model(policy.model), optimizer=optimizer, device=policy.device)
     history = []
-    for step in range(cfg.steps):
-        meter.track_memory = step < cfg.track_memory_steps
-        items = sampler.sample(pool, cfg.prompts_per_step)
-        started = time.perf_counter()
-        metrics = rl_step(step, policy, objective, task, items, cfg, optimizer, scheduler, accelerator, meter,
-                          generator, seed)
-        metrics["time/step_s"] = time.perf_counter() - started
-        metrics["mem_tracked"] = float(step < cfg.track_memory_steps)
-        history.append(metrics)
-        if on_step is not None:
-            on_step(step, metrics)
-        if stop := stop_reason(history):
-            policy.model = accelerator.unwrap_model(policy.model)
-            raise TrainingStopped(*stop, history)
-    policy.model = accelerator.unwrap_model(policy.model)
+    try:
+        for step in range(cfg.steps):
+            meter.track_memory = step < cfg.track_memory_steps
+            items = sampler.sample(pool, cfg.prompts_per_step)
+            started = time.perf_counter()
+            metrics = rl_step(step, policy, objective, task, items, cfg, optimizer, scheduler, accelerator, meter,
+                              generator, seed)
+            metrics["time/step_s"] = time.perf_counter() - started
+            metrics["mem_tracked"] = float(step < cfg.track_memory_steps)
+            history.append(metrics)
+            if on_step is not None:
+                on_step(step, metrics)
+            if stop := stop_reason(history):
+                raise TrainingStopped(*stop, history)
+    finally:  # hand the caller its plain model back however training ends (stop, OOM, error)
+        policy.model = accelerator.unwrap_model(policy.model)
     return history
