@@ -11,15 +11,23 @@ tolerances, and one entry per run keyed by task/objective/n_t/mu/seed. A run reg
     outcome    the baseline run finished ('ok') and this one did not (nan, diverged, oom, error),
 
 or when a baseline run is missing from the results. Runs not in the baseline are listed and ignored.
+
+The gate never passes on missing evidence: a finished ('ok') run, or a run whose baseline finished, whose accuracy,
+peak memory or step-time ratio is missing, NaN or infinite fails, naming the figure. And it compares like with like:
+each run carries a protocol fingerprint (``config.protocol_fingerprint``: model, task version, objective and its
+config, decoding, steps, batch, lr, seed, eval split/limit, world size ...); a run whose fingerprint differs from
+the baseline's, or that lacks one on either side, fails as "not comparable".
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.config import RunConfig, settings_fingerprint
 from harness.sweep import SweepSpec, spec_from_mapping
 
 BASELINE_SCHEMA = 1
@@ -27,6 +35,14 @@ TOLERANCES = {"accuracy_drop_pts": 3.0, "memory_growth": 0.10, "time_ratio_growt
 """Default tolerances. Accuracy is deterministic for a fixed torch build on CPU, so 3 points only absorbs
 numerical differences between CPUs; memory is measured exactly (MemTracker) on CPU; time is noisy (+-20% between
 runs on a shared 2-core machine), hence 50%."""
+
+
+GATE_KEYS = ("after", "peak_total_mb", "step_time_ratio")
+"""Row keys the gate reads besides results_file.REQUIRED; a row without one is an error (`path:line`), not a pass."""
+FIGURES = {"accuracy": "accuracy", "peak_total_mb": "peak memory", "step_time_ratio": "step-time ratio"}
+"""The figures compared, by baseline key, with the names verdicts give them."""
+Explain = Callable[[dict[str, Any], dict[str, Any]], str | None]
+"""explain(row, baseline run) -> which settings differ (e.g. 'train.steps 30 -> 60'), or None when unknown."""
 
 
 def run_key(row: dict[str, Any]) -> str:
@@ -45,16 +61,39 @@ def spec_to_mapping(spec: SweepSpec) -> dict[str, Any]:
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
+    """The baseline at ``path``; ValueError naming the file when it is missing, not JSON or not a baseline."""
     try:
         baseline = json.loads(Path(path).read_text())
     except OSError as error:
         raise ValueError(f"--baseline {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"--baseline {path}:{error.lineno}: not JSON ({error.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--baseline {path}: not a text file") from None
+    why = baseline_problem(baseline)
+    if why:
+        raise ValueError(f"--baseline {path}: {why}")
+    return baseline
+
+
+def baseline_problem(baseline: Any) -> str | None:
+    """Why ``baseline`` cannot be used as one (so a malformed file is one error line, not a traceback)."""
+    if not isinstance(baseline, dict):
+        return "not a JSON object"
     for key in ("comparison", "tolerances", "runs"):
         if key not in baseline:
-            raise ValueError(f"--baseline {path}: missing key {key!r}")
-    return baseline
+            return f"missing key {key!r}"
+        if not isinstance(baseline[key], dict):
+            return f"{key!r} is not an object"
+    for name, value in baseline["tolerances"].items():
+        if name not in TOLERANCES:
+            return f"unknown tolerance {name!r} (known: {', '.join(TOLERANCES)})"
+        if not is_number(value) or value < 0:
+            return f"tolerance {name} = {value!r} is not a number >= 0"
+    for key, run in baseline["runs"].items():
+        if not isinstance(run, dict) or "outcome" not in run:
+            return f"run {key!r} is not an object with an 'outcome'"
+    return None
 
 
 def spec_of(baseline: dict[str, Any], data_dir: str | None) -> SweepSpec:
@@ -62,22 +101,31 @@ def spec_of(baseline: dict[str, Any], data_dir: str | None) -> SweepSpec:
 
 
 def accuracy(row: dict[str, Any]) -> float | None:
-    return row["after"]["mean"] if row.get("after") else None
+    after = row.get("after")
+    return after.get("mean") if isinstance(after, dict) else None
+
+
+def figures(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row's figures under the baseline's keys."""
+    return {"accuracy": accuracy(row), "peak_total_mb": row.get("peak_total_mb"),
+            "step_time_ratio": row.get("step_time_ratio")}
 
 
 def make_baseline(rows: Sequence[dict[str, Any]], previous: dict[str, Any] | None,
                   spec: SweepSpec | None = None) -> dict[str, Any]:
     """A baseline from result rows, keeping the previous baseline's comparison and tolerances when given."""
     comparison = previous["comparison"] if previous else spec_to_mapping(spec or SweepSpec())
-    runs = {run_key(r): {"outcome": r["outcome"], "accuracy": accuracy(r), "peak_total_mb": r["peak_total_mb"],
-                         "step_time_ratio": r["step_time_ratio"], "run_id": r["run_id"]} for r in rows}
+    runs = {run_key(r): {"outcome": r["outcome"], **figures(r), "run_id": r["run_id"],
+                         "fingerprint": r.get("fingerprint")} for r in rows}
     return {"schema": BASELINE_SCHEMA, "comparison": comparison,
             "tolerances": previous["tolerances"] if previous else dict(TOLERANCES), "runs": runs,
             "devices": sorted({str(r.get("device")) for r in rows})}
 
 
-def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]) -> tuple[list[str], bool]:
-    """(one verdict line per baseline run, whether every run is within tolerance)."""
+def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any],
+                        explain: Explain | None = None) -> tuple[list[str], bool]:
+    """(one verdict line per baseline run, whether every run is within tolerance). ``explain`` names the settings
+    behind a fingerprint mismatch where the stored configs allow."""
     tol = {**TOLERANCES, **baseline["tolerances"]}
     latest = {run_key(r): r for r in rows}  # the last row of a key wins
     lines, passed = [], True
@@ -85,7 +133,7 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]
         row = latest.get(key)
         problems = [] if row is not None else ["missing from the results"]
         if row is not None:
-            problems += regressions(row, base, tol)
+            problems += regressions(row, base, tol, explain)
         passed &= not problems
         lines.append(f"{'FAIL' if problems else 'ok  '} {key}: " + ("; ".join(problems) if problems else summary(
             latest[key], base)))
@@ -93,32 +141,123 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]
     return lines, passed
 
 
-def regressions(row: dict[str, Any], base: dict[str, Any], tol: dict[str, float]) -> list[str]:
-    problems = []
+def regressions(row: dict[str, Any], base: dict[str, Any], tol: dict[str, float],
+                explain: Explain | None = None) -> list[str]:
+    """What is wrong with ``row`` against its baseline run: not comparable, a lost outcome, a figure that is not
+    there, or a figure beyond tolerance (empty: it passes)."""
+    if mismatch := fingerprint_problem(row, base, explain):
+        return [mismatch]
     if base["outcome"] == "ok" and row["outcome"] != "ok":
         return [f"outcome {row['outcome']} (baseline ok): {row.get('error')}"]
-    new_acc, old_acc = accuracy(row), base["accuracy"]
-    if new_acc is not None and old_acc is not None and 100 * (old_acc - new_acc) > tol["accuracy_drop_pts"]:
+    new, old = figures(row), {name: base.get(name) for name in FIGURES}
+    problems = []
+    if row["outcome"] == "ok":  # a finished run must show every figure (so must its baseline, if it finished)
+        problems += [why for name in FIGURES if (why := figure_problem(FIGURES[name], new[name]))]
+        if base["outcome"] == "ok":
+            problems += [why for name in FIGURES if (why := figure_problem("baseline " + FIGURES[name], old[name]))]
+    return problems or beyond_tolerance(new, old, tol)
+
+
+def beyond_tolerance(new: dict[str, Any], old: dict[str, Any], tol: dict[str, float]) -> list[str]:
+    """The figures that regressed by more than the tolerances; a figure missing on either side (a failed run's,
+    once ``regressions`` has ruled out a finished one's) is not compared."""
+    problems = []
+    new_acc, old_acc = new["accuracy"], old["accuracy"]
+    if is_number(new_acc) and is_number(old_acc) and 100 * (old_acc - new_acc) > tol["accuracy_drop_pts"]:
         problems.append(f"accuracy {100 * old_acc:.1f} -> {100 * new_acc:.1f} (drop > {tol['accuracy_drop_pts']} pts)")
-    new_mem, old_mem = row["peak_total_mb"], base["peak_total_mb"]
-    if new_mem is not None and old_mem and new_mem > old_mem * (1 + tol["memory_growth"]):
+    new_mem, old_mem = new["peak_total_mb"], old["peak_total_mb"]
+    if is_number(new_mem) and is_number(old_mem) and old_mem > 0 and new_mem > old_mem * (1 + tol["memory_growth"]):
         problems.append(f"peak memory {old_mem:.1f} -> {new_mem:.1f} MB (+{100 * (new_mem / old_mem - 1):.0f}% > "
                         f"{100 * tol['memory_growth']:.0f}%)")
-    new_t, old_t = row["step_time_ratio"], base["step_time_ratio"]
-    if new_t is not None and old_t and new_t > old_t * (1 + tol["time_ratio_growth"]):
+    new_t, old_t = new["step_time_ratio"], old["step_time_ratio"]
+    if is_number(new_t) and is_number(old_t) and old_t > 0 and new_t > old_t * (1 + tol["time_ratio_growth"]):
         problems.append(f"step-time ratio {old_t:.1f} -> {new_t:.1f} (+{100 * (new_t / old_t - 1):.0f}% > "
                         f"{100 * tol['time_ratio_growth']:.0f}%)")
     return problems
 
 
-def summary(row: dict[str, Any], base: dict[str, Any]) -> str:
-    acc = accuracy(row)
-    parts = [f"outcome {row['outcome']}"]
-    if acc is not None and base["accuracy"] is not None:
-        parts.append(f"accuracy {100 * acc:.1f} (baseline {100 * base['accuracy']:.1f})")
-    if row["peak_total_mb"] is not None and base["peak_total_mb"]:
-        parts.append(f"memory {row['peak_total_mb']:.1f} MB ({base['peak_total_mb']:.1f})")
-    if row["step_time_ratio"] is not None and base["step_time_ratio"]:
-        parts.append(f"time ratio {row['step_time_ratio']:.1f} ({base['step_time_ratio']:.1f})")
-    return ", ".join(parts)
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
+
+def figure_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is no evidence ('peak memory is NaN'), or None when it is a finite number."""
+    if value is None:
+        return f"{name} is missing"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} is not a number ({value!r})"
+    if math.isnan(value):
+        return f"{name} is NaN"
+    if math.isinf(value):
+        return f"{name} is infinite"
+    return None
+
+
+def fingerprint_problem(row: dict[str, Any], base: dict[str, Any], explain: Explain | None = None) -> str | None:
+    """Why ``row`` cannot be compared with its baseline run (another protocol, or a side without a fingerprint)."""
+    new, old = row.get("fingerprint"), base.get("fingerprint")
+    if not old:
+        return "not comparable: the baseline run has no protocol fingerprint (rewrite the baseline with --update)"
+    if not new:
+        return "not comparable: the result row has no protocol fingerprint (written before rows carried one)"
+    if new == old:
+        return None
+    detail = explain(row, base) if explain else None
+    return f"not comparable: protocol fingerprint {new} differs from the baseline's {old}" + (
+        f" ({detail})" if detail else "")
+
+
+def stored_settings(runs_dir: Path, run_id: Any, fingerprint: Any) -> dict[str, Any] | None:
+    """The protocol settings of the record ``runs_dir/<run_id>.json`` when it exists and has ``fingerprint``
+    (best effort: it only explains a mismatch, so any unreadable record is None)."""
+    from harness.sweep import record_settings
+
+    try:
+        settings = record_settings(json.loads((runs_dir / f"{run_id}.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return settings if settings_fingerprint(settings) == fingerprint else None
+
+
+def settings_diff(new: dict[str, Any], old: dict[str, Any], prefix: str = "") -> list[str]:
+    """'train.steps 30 -> 60' for each (nested) setting whose value differs."""
+    lines = []
+    for key in sorted(set(new) | set(old), key=str):
+        a, b = new.get(key), old.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += settings_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key} {b!r} -> {a!r}")
+    return lines
+
+
+def record_explainer(results_runs: Path, baseline_runs: Path) -> Explain:
+    """An ``Explain`` that diffs the run records stored beside the results file and beside the baseline
+    (``runs/<run_id>.json``), when both are there and match their fingerprints."""
+    def explain(row: dict[str, Any], base: dict[str, Any]) -> str | None:
+        new = stored_settings(results_runs, row.get("run_id"), row.get("fingerprint"))
+        old = stored_settings(baseline_runs, base.get("run_id"), base.get("fingerprint"))
+        if new is None or old is None:
+            return None
+        return ", ".join(settings_diff(new, old)) or None
+
+    return explain
+
+
+def config_key(cfg: RunConfig) -> str:
+    """The baseline key (``run_key``) of a planned run."""
+    return run_key({"task": cfg.task, "objective": cfg.objective, "n_t": getattr(cfg.objective_config, "n_t", None),
+                    "mu": cfg.train.mu, "seed": cfg.seed})
+
+
+def summary(row: dict[str, Any], base: dict[str, Any]) -> str:
+    new, old = figures(row), {name: base.get(name) for name in FIGURES}
+    parts = [f"outcome {row['outcome']}"]
+    if is_number(new["accuracy"]) and is_number(old["accuracy"]):
+        parts.append(f"accuracy {100 * new['accuracy']:.1f} (baseline {100 * old['accuracy']:.1f})")
+    if is_number(new["peak_total_mb"]) and is_number(old["peak_total_mb"]):
+        parts.append(f"memory {new['peak_total_mb']:.1f} MB ({old['peak_total_mb']:.1f})")
+    if is_number(new["step_time_ratio"]) and is_number(old["step_time_ratio"]):
+        parts.append(f"time ratio {new['step_time_ratio']:.1f} ({old['step_time_ratio']:.1f})")
+    return ", ".join(parts)

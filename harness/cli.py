@@ -15,6 +15,7 @@ import typer
 
 from harness import cli_sweep
 from harness.budget import parse_size
+from harness.cli_bench import bench_app
 from harness.cli_common import (
     USAGE_EXIT,
     DataDir,
@@ -35,10 +36,9 @@ from harness.cli_common import (
     metrics_table,
     parse_ints,
     parse_names,
-    run_all,
 )
 from harness.config import EvalConfig, RolloutConfig, TrainConfig
-from harness.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_LR, LEARN_STEPS, LEARN_TEMPERATURE
+from harness.learn import LEARN_ESTIMATOR, LEARN_LR, LEARN_TEMPERATURE
 from harness.registry import lookup
 from harness.sweep import COMPARE_MU, COMPARE_STEPS
 from objectives import OBJECTIVES
@@ -46,7 +46,6 @@ from tasks import TASKS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Compare RL objectives for diffusion LLMs on one policy and one task suite.")
-bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks (figures under results/bench).")
 app.add_typer(bench_app, name="bench")
 app.command()(cli_sweep.sweep)
 app.command()(cli_sweep.leaderboard)
@@ -102,122 +101,6 @@ def compare(
                        f"mu={mu}" + (f", memory budget {memory_budget}" if memory_budget else ""))
 
 
-@bench_app.command("memory")
-def bench_memory(
-    objectives: Annotated[str, typer.Option(help="Comma list of ELBO objectives.")] = "bgpo,vrpo",
-    nt: Annotated[str, typer.Option(help="Comma list of n_t.")] = "1,2,4,8,16,32",
-    out: Out = Path("results"),
-    data_dir: DataDir = None,
-    threads: Threads = 2,
-) -> None:
-    """Peak memory of one update vs n_t on the tiny model; BGPO should stay flat, VRPO-OL grow."""
-    import torch
-
-    from harness.bench import growth_ratios, memory_bench
-    from harness.records import environment, write_json_atomic
-    from harness.schedule import objective_config, resolve_model
-
-    names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
-    nts = sorted(parse_ints("--nt", nt))
-    check_positive(threads=threads)
-    torch.set_num_threads(threads)
-    try:
-        model_path = resolve_model("tiny", data_dir=data_dir)
-        task = lookup("task", "sudoku", TASKS)(data_dir=data_dir)
-    except ValueError as error:
-        fail(str(error))
-    grid = [(n, k, lookup("objective", n, OBJECTIVES)(objective_config(n, k))) for n in names for k in nts]
-    with console.status("measuring one update per (objective, n_t) with torch's MemTracker"):
-        rows = memory_bench(model_path, task, grid)
-    ratios = growth_ratios(rows)
-    lines = ["| objective | n_t | peak activations MB | peak total MB | params MB | grads MB | optimizer MB |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['objective']} | {r['n_t']} | {r['mem/peak_activations_mb']:.1f} | {r['mem/peak_total_mb']:.1f} "
-              f"| {r['mem/peak_params_mb']:.1f} | {r['mem/peak_grads_mb']:.1f} | {r['mem/peak_optimizer_mb']:.1f} |"
-              for r in rows]
-    lines.append("")
-    lines += [f"- {name}: peak activations at n_t={nts[-1]} / n_t={nts[0]} = **{ratio:.2f}x**"
-              for name, ratio in ratios.items()]
-    text = "\n".join(lines) + "\n"
-    console.print(text)
-    env = environment(torch.device("cpu"))
-    bench_dir = out / "bench"
-    write_json_atomic(bench_dir / "memory.json", {"rows": rows, "activation_growth": ratios, "n_t": nts, **env})
-    (bench_dir / "memory.md").write_text(f"# Peak memory of one update vs n_t (tiny model, {env['device']['name']}, "
-                                         f"torch MemTracker)\n\n" + text)
-    console.print(f"written: {bench_dir / 'memory.json'}, {bench_dir / 'memory.md'}")
-
-
-@bench_app.command("sandbox")
-def bench_sandbox(
-    programs: Annotated[int, typer.Option(help="Short programs to run.")] = 1000,
-    workers: Annotated[int, typer.Option(help="Programs run at once.")] = 2,
-    out: Out = Path("results"),
-) -> None:
-    """Programs scored per second by the code sandbox; writes results/bench/sandbox.{json,md}."""
-    from harness.sandbox_bench import bench_sandbox as run_bench
-    from harness.sandbox_bench import write_bench
-
-    check_positive(programs=programs, workers=workers)
-    with console.status(f"running {programs} programs in the sandbox, {workers} at a time"):
-        result = run_bench(programs, workers)
-    path = write_bench(result, out)
-    console.print(f"{result['programs_per_second']:.1f} programs/s ({result['programs']} programs, "
-                  f"{result['wall_seconds']:.1f} s, statuses {result['statuses']}); written: {path}")
-
-
-@bench_app.command("learn")
-def bench_learn(
-    objectives: Annotated[str, typer.Option(help="Comma list of arms: bgpo (n_t=16), vrpo (n_t=4), diffu-grpo.")
-                          ] = "bgpo,vrpo,diffu-grpo",
-    seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",
-    mu: Annotated[str, typer.Option(help="Comma list of updates per rollout batch (1 = on-policy).")] = "1,2",
-    steps: Annotated[int, typer.Option(help="RL steps per run.")] = LEARN_STEPS,
-    eval_every: Annotated[int, typer.Option(help="Evaluate on the test split every N steps.")] = LEARN_EVAL_EVERY,
-    estimator: Estimator = LEARN_ESTIMATOR,
-    temperature: Temperature = LEARN_TEMPERATURE,
-    model: Model = "tiny",
-    eval_limit: EvalLimit = 0,
-    out: Out = Path("results"),
-    data_dir: DataDir = None,
-    device: Device = "cpu",
-    threads: Threads = 2,
-) -> None:
-    """Train every arm x mu x seed from the base policy, evaluating on the test split along the way; writes
-    results/learn/ (records, summary.md/json, curves.csv, curves.png). Stored runs are reused, not re-trained."""
-    import torch
-
-    from harness.device import resolve_device
-    from harness.learn import LEARN_GRID, LearnConfig, base_evaluation, run_arm, run_configs, write_outputs
-    from harness.schedule import resolve_model
-
-    arms = dict(LEARN_GRID)
-    names = list(dict.fromkeys(parse_names("--objectives", objectives, "learning arm", arms)))
-    seed_list = list(dict.fromkeys(parse_ints("--seeds", seeds, minimum=0)))
-    mus = sorted(set(parse_ints("--mu", mu)))
-    check_positive(steps=steps, eval_every=eval_every, threads=threads)
-    check_non_negative(eval_limit=eval_limit)
-    learn = LearnConfig(arms=tuple((n, arms[n]) for n in names), seeds=tuple(seed_list), mus=tuple(mus),
-                        steps=steps, eval_every=eval_every, eval_limit=eval_limit, estimator=estimator,
-                        temperature=temperature)
-    try:
-        dev = resolve_device(device)
-        torch.set_num_threads(threads)
-        runs = run_configs(learn, model, str(dev), threads, data_dir)
-        with console.status("preparing the base policy and its step-0 test evaluation (shared by every run)"):
-            model_path = resolve_model(model, data_dir=data_dir)
-            base = base_evaluation(runs[0], model_path, out)
-    except ValueError as error:
-        fail(str(error))
-    records = run_all(runs, lambda cfg, on_step: run_arm(cfg, learn, model_path, base, out, on_step))
-    n_items = len(base["items"])
-    title = (f"Learning benchmark: sudoku, {model} model, {steps} steps, seeds {','.join(map(str, seed_list))}, "
-             f"{n_items} test puzzles")
-    console.print(write_outputs(records, base, learn, out, title))
-    console.print(f"written: {out / 'learn'} (runs/, summary.md, summary.json, curves.csv, curves.png)")
-
-
-
 @app.command(name="eval")
 def eval_model(
     task: TaskName = "sudoku",
@@ -271,32 +154,45 @@ def eval_model(
 
 @app.command()
 def score(
-    samples: Annotated[Path, typer.Argument(help="JSONL or JSON file of {id | question, completion} rows.")],
-    task: TaskName = "sudoku",
+    samples: Annotated[Path, typer.Argument(help="JSONL or JSON file of {id | question, completion[, task]} rows.")],
+    task: Annotated[str | None, typer.Option(
+        help="Task of every row (`harness ls`); without it each row's `task` field names its task.")] = None,
     split: Split = "test",
+    eos: Annotated[list[str] | None, typer.Option(
+        help="End-of-sequence text each completion is cut at (repeat or comma list); replaces the default "
+             "(LLaDA's, Dream's and the tiny model's end tokens).")] = None,
     out: Out = Path("results"),
     data_dir: DataDir = None,
 ) -> None:
-    """Score generations made elsewhere under this harness's protocol: every metric with its 95% interval; rows
-    that match no item are listed, never guessed."""
+    """Score generations made elsewhere under this harness's protocol: each completion cut at its first end token,
+    every metric with its 95% interval; rows that match no item are listed, never guessed; exit 1, writing nothing,
+    when no row of a task matches."""
     from harness.records import write_json_atomic
-    from harness.score import read_samples, score_samples
+    from harness.score import NoMatch, group_by_task, parse_eos, read_samples, score_tasks
 
     try:
-        task_obj = lookup("task", task, TASKS)(data_dir=data_dir)
-        rows = read_samples(samples)
-        items = task_obj.load(split)
+        end_texts = parse_eos(eos)
+        if task is not None:
+            lookup("task", task, TASKS)
+        groups = group_by_task(samples, read_samples(samples), task, TASKS)
+        tasks = {name: lookup("task", name, TASKS)(data_dir=data_dir) for name in groups}
+        jobs = {name: (tasks[name], tasks[name].load(split), rows) for name, rows in groups.items()}
+        reports = score_tasks(jobs, split, end_texts)
+    except NoMatch as error:
+        print(f"error: {samples}: {error}; nothing written", file=sys.stderr)
+        raise typer.Exit(1) from None
     except ValueError as error:
         fail(str(error))
-    report = score_samples(task_obj, items, rows)
-    console.print(metrics_table(f"{task} {split}: {len(report.items)} of {report.rows} rows matched an item",
-                                report.metrics))
-    for row in report.unmatched:
-        console.print(f"unmatched: {samples}:{row['line']} ({row['by']} {row['key'][:60]!r})")
-    path = out / "score" / f"{task}-{split}-{samples.stem}.json"
-    write_json_atomic(path, {"task": task, "task_version": task_obj.version, "split": split,
-                             "samples": str(samples), **report.summary(), "items": report.items})
-    console.print(f"per-row records: {path}")
+    for name, report in reports.items():
+        console.print(metrics_table(f"{name} {split}: {len(report.items)} of {report.rows} rows matched an item",
+                                    report.metrics))
+        for row in report.unmatched:
+            console.print(f"unmatched: {samples}:{row['line']} ({row['by']} {row['key'][:60]!r})")
+        path = out / "score" / f"{name}-{split}-{samples.stem}.json"
+        write_json_atomic(path, {"task": name, "task_version": tasks[name].version, "split": split,
+                                 "samples": str(samples), "eos": list(end_texts), **report.summary(),
+                                 "items": report.items})
+        console.print(f"per-row records: {path}")
 
 
 @app.command()
@@ -313,10 +209,23 @@ def pretrain(data_dir: DataDir = None) -> None:
 
 
 @app.command(name="ls")
-def list_registered() -> None:
-    """List the objectives and tasks."""
-    console.print("objectives: " + ", ".join(OBJECTIVES))
-    console.print("tasks: " + ", ".join(TASKS))
+def list_registered(
+    task: Annotated[str | None, typer.Argument(help="A task: print its item count and first item ids.")] = None,
+    split: Split = "test",
+    data_dir: DataDir = None,
+) -> None:
+    """List the objectives and tasks; with a task, its split's item count and first ids (the ids samples name)."""
+    from harness.score import item_listing
+
+    if task is None:
+        console.print("objectives: " + ", ".join(OBJECTIVES))
+        console.print("tasks: " + ", ".join(TASKS))
+        return
+    try:
+        items = lookup("task", task, TASKS)(data_dir=data_dir).load(split)
+    except ValueError as error:
+        fail(str(error))
+    console.print(item_listing(task, split, items), soft_wrap=True, highlight=False)
 
 
 def main() -> None:

@@ -91,8 +91,9 @@ def check(
     update: Annotated[bool, typer.Option(help="Write the baseline from the results instead of checking.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Exit 1 when accuracy drops, memory grows or step time grows beyond the baseline's tolerances."""
-    from harness.check import compare_to_baseline, load_baseline, make_baseline, spec_of
+    """Exit 1 when accuracy drops, memory grows or step time grows beyond the baseline's tolerances, when a figure
+    is missing or when a run's protocol differs from the baseline's; exit 2 on an unreadable file or row."""
+    from harness.check import GATE_KEYS, compare_to_baseline, load_baseline, make_baseline, record_explainer, spec_of
     from harness.records import write_json_atomic
     from harness.results_file import read_results
 
@@ -103,12 +104,13 @@ def check(
             out = out or Path(tempfile.mkdtemp(prefix="harness-check-"))
             execute(spec, out, f"check re-run of {baseline}")
             results = out / "results.jsonl"
-        rows = read_results(results, warn)
+        rows = read_results(results, warn, needs=GATE_KEYS)
         if update:
             write_json_atomic(baseline, make_baseline(rows, stored))
             console.print(f"baseline written: {baseline} ({len(rows)} runs)")
             return
-        verdicts, passed = compare_to_baseline(rows, stored)
+        explain = record_explainer(results.parent / "runs", baseline.parent / "runs")
+        verdicts, passed = compare_to_baseline(rows, stored, explain)
     except ValueError as error:
         fail(str(error))
     for line in verdicts:

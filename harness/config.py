@@ -103,7 +103,40 @@ class RunConfig:
 
     def run_id(self) -> str:
         """Readable prefix + hash of everything that changes the result (not where data lives or thread count)."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in ("data_dir", "threads")}
-        blob = json.dumps(identity, sort_keys=True, default=str)
         name = self.objective + (f"-nt{self.objective_config.n_t}" if hasattr(self.objective_config, "n_t") else "")
-        return f"{self.task}-{name}-mu{self.train.mu}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+        return f"{self.task}-{name}-mu{self.train.mu}-s{self.seed}-{_digest(identity(self.to_dict()))[:8]}"
+
+    def fingerprint(self, task_version: str, world_size: int = 1) -> str:
+        """The protocol fingerprint of this run (see ``protocol_fingerprint``)."""
+        return protocol_fingerprint(self.to_dict(), task_version, world_size)
+
+
+NOT_PROTOCOL = ("data_dir", "threads")
+"""Config fields that do not change a run's numbers: where the data lives and the torch thread count."""
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """A config's dict form (``RunConfig.to_dict``, or a record's ``config``) without the fields in NOT_PROTOCOL."""
+    return {k: v for k, v in config.items() if k not in NOT_PROTOCOL}
+
+
+def protocol_settings(config: dict[str, Any], task_version: str, world_size: int = 1) -> dict[str, Any]:
+    """Every setting that changes a run's numbers: the config's identity (model, task, objective and its config with
+    the ELBO estimator, train and eval decoding, steps, batch, lr, optimiser, seed, eval split/limit, device) plus
+    what the config does not hold: the task's version and the number of processes."""
+    return {**identity(config), "task_version": str(task_version), "world_size": int(world_size)}
+
+
+def protocol_fingerprint(config: dict[str, Any], task_version: str, world_size: int = 1) -> str:
+    """Hash of ``protocol_settings``; works on a config dict so old records (``config`` stored as a dict) get the
+    same fingerprint a fresh ``RunConfig`` of the same settings gets. Two runs are comparable only when equal."""
+    return settings_fingerprint(protocol_settings(config, task_version, world_size))
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """The fingerprint of ``protocol_settings`` already built (16 hex digits of their SHA-256)."""
+    return _digest(settings)[:16]
+
+
+def _digest(value: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +22,49 @@ RESULTS_NAME = "results.jsonl"
 REQUIRED = ("run_id", "task", "objective", "n_t", "mu", "seed", "outcome")
 """Keys every row must have; a row without them is reported and skipped like a truncated line."""
 OUTCOMES = ("ok", "nan", "diverged", "oom", "error")
-"""ok: trained and evaluated. nan: a non-finite loss or gradient stopped training. diverged: the gradient norm
-exceeded the divergence limit. oom: out of memory. error: any other exception (its message is in the row)."""
+"""ok: trained and evaluated. nan: a non-finite loss or gradient stopped training. diverged: the training reward
+collapsed (trainer.COLLAPSE_WINDOW / COLLAPSE_FRACTION). oom: out of memory. error: any other exception (its
+message is in the row)."""
 
 
-def read_results(path: Path, warn: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Rows of a results file; each bad line is passed to ``warn`` as 'path:line: why' and skipped."""
-    rows = []
-    with Path(path).open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            why = None
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                cut = "" if line.endswith("\n") else ", no newline: cut short"
-                why = f"not a complete JSON line ({error.msg}{cut})"
-            else:
-                if not isinstance(row, dict):
-                    why = "not a JSON object"
-                elif missing := [key for key in REQUIRED if key not in row]:
-                    why = f"missing {', '.join(missing)}"
-            if why:
-                warn(f"{path}:{number}: {why}; line skipped")
-                continue
-            rows.append(row)
-    return rows
+def read_results(path: Path, warn: Callable[[str], None], needs: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a results file; each bad line is passed to ``warn`` as 'path:line: why' and skipped.
+
+    A missing or unreadable file is a ValueError naming it. ``needs``: keys the caller cannot judge a row without
+    (the gate's figures); a complete row lacking one is a ValueError 'path:line: ...', not a skipped line, so a gate
+    never passes on a row it could not read.
+    """
+    try:
+        with Path(path).open(encoding="utf-8", errors="replace") as handle:
+            return [row for number, line in enumerate(handle, start=1)
+                    if (row := parse_row(line, f"{path}:{number}", warn, needs)) is not None]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such results file") from None
+    except OSError as error:
+        raise ValueError(f"{path}: {error.strerror or error}") from None
+
+
+def parse_row(line: str, where: str, warn: Callable[[str], None], needs: Sequence[str]) -> dict[str, Any] | None:
+    """One line's row, or None (blank, or warned about and skipped); ValueError when it lacks a key in ``needs``."""
+    if not line.strip():
+        return None
+    why = None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        cut = "" if line.endswith("\n") else ", no newline: cut short"
+        why = f"not a complete JSON line ({error.msg}{cut})"
+    else:
+        if not isinstance(row, dict):
+            why = "not a JSON object"
+        elif missing := [key for key in REQUIRED if key not in row]:
+            why = f"missing {', '.join(missing)}"
+    if why:
+        warn(f"{where}: {why}; line skipped")
+        return None
+    if missing := [key for key in needs if key not in row]:
+        raise ValueError(f"{where}: row {row['run_id']} has no {', '.join(missing)}")
+    return row
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

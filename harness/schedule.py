@@ -56,6 +56,21 @@ def resolve_model(model: str, log: Callable[[int, float], None] | None = None, d
     return path
 
 
+def world_size() -> int:
+    """Processes training this run (``accelerate launch`` starts several; 1 otherwise): part of the protocol
+    fingerprint, since it multiplies the effective batch."""
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
+def protocol_fields(cfg: RunConfig, task_version: str) -> dict[str, Any]:
+    """The record fields that say which protocol a run followed (read by `harness check`)."""
+    processes = world_size()
+    return {"task_version": task_version, "world_size": processes,
+            "fingerprint": cfg.fingerprint(task_version, processes)}
+
+
 def make_task(cfg: RunConfig):  # noqa: ANN201
     return lookup("task", cfg.task, TASKS)(data_dir=cfg.data_dir)
 
@@ -80,7 +95,7 @@ def run_one(cfg: RunConfig, model_path: Path, before: dict[str, Any],
     train_s = time.perf_counter() - started
     after = evaluate_policy(policy, cfg)
     record = {"run_id": cfg.run_id(), "config": cfg.to_dict(), "model_path": str(model_path),
-              "task_version": task.version,
+              **protocol_fields(cfg, task.version),
               "decoding": {"train": dataclasses.asdict(cfg.train.rollout),
                            "eval": dataclasses.asdict(cfg.eval.rollout)},
               "seed": cfg.seed, "steps": history, "train_seconds": train_s,

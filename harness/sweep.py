@@ -229,6 +229,7 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
     return {"schema": ROW_SCHEMA, "run_id": record["run_id"], "sweep": record.get("sweep", ""), "task": cfg["task"],
             "objective": cfg["objective"], "n_t": (cfg["objective_config"] or {}).get("n_t"),
             "mu": cfg["train"]["mu"], "seed": cfg["seed"], "steps": cfg["train"]["steps"],
+            "fingerprint": record_fingerprint(record),
             "outcome": record.get("outcome", "ok"), "error": record.get("error"), "metric": metric,
             "before": record["eval"]["before"][metric],
             "after": record["eval"]["after"][metric] if ok else None,
@@ -237,6 +238,23 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
             "step_time_ratio": step_s / reference if step_s and reference else None,
             "reward_curve": [s["reward"] for s in steps], "memory_budget": record.get("memory_budget"),
             "device": record.get("device", {}).get("name"), "git_commit": record.get("git_commit")}
+
+
+def record_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The protocol settings (``config.protocol_settings``) of a record, also of one written before records stored
+    them: those lack ``world_size`` (they ran in one process) and maybe ``task_version`` (the task's current one)."""
+    from harness.config import protocol_settings
+
+    config = record["config"]
+    version = record.get("task_version") or lookup("task", config["task"], TASKS).version
+    return protocol_settings(config, version, record.get("world_size", 1))
+
+
+def record_fingerprint(record: dict[str, Any]) -> str:
+    """The protocol fingerprint a record has or, written before records stored one, would have had."""
+    from harness.config import settings_fingerprint
+
+    return record.get("fingerprint") or settings_fingerprint(record_settings(record))
 
 
 @dataclass
@@ -307,10 +325,13 @@ def outcome_record(cfg: RunConfig, outcome: dict[str, Any], before: dict[str, An
                    device: torch.device) -> dict[str, Any]:
     """A finished run's record; a failed run gets the same shape with its outcome, error and steps so far."""
     from harness.records import environment
+    from harness.schedule import protocol_fields
 
     if outcome["outcome"] == "ok":
         return outcome
-    return {"run_id": cfg.run_id(), "config": cfg.to_dict(), "model_path": str(model_path), "seed": cfg.seed,
+    task_version = lookup("task", cfg.task, TASKS).version
+    return {"run_id": cfg.run_id(), "config": cfg.to_dict(), "model_path": str(model_path),
+            **protocol_fields(cfg, task_version), "seed": cfg.seed,
             "outcome": outcome["outcome"], "error": outcome["error"], "steps": outcome["steps"],
             "eval": {"before": before, "after": None}, **environment(device)}
 

@@ -48,7 +48,7 @@ def row(record: dict[str, Any]) -> dict[str, str]:
     after = record["eval"]["after"][metric] if ok else None
     first, last = reward_ends(record) if record["steps"] else (float("nan"), float("nan"))
     mem = peak_memory(record)
-    n_t = cfg["objective_config"].get("n_t", 1)
+    n_t = cfg["objective_config"].get("n_t", "-")  # "-": no Monte Carlo draws (diffu-GRPO), as everywhere
     return {"task": cfg["task"], "objective": cfg["objective"], "n_t": str(n_t), "seed": str(cfg["seed"]),
             "before": _pct(before), "after": _pct(after) if ok else "-",
             "delta": f"{100 * (after['mean'] - before['mean']):+.1f}" if ok else record["outcome"],

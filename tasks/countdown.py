@@ -3,12 +3,12 @@
 An item: Using only the numbers [30, 100, 93], create an arithmetic expression that evaluates to exactly 23.
 (the first test row, input "30,100,93", output "23"; one answer is `(30 + 93) - 100`).
 
-Test set: d1 `dataset/countdown_cd3_test.jsonl` (256 items, numbers and targets in 1..100), or
-`<data_dir>/countdown/test.jsonl`. Prompt: d1 `diffu-grpo/data_utils.py::get_countdown_questions` (its training
-prompt: the expression goes inside `<answer>`, which the reward reads). Reward: d1 `reward_func.py`
-(`countdown_reward_func`, after TinyZero): 1.0 if the expression in the last `<answer>` uses exactly the given
-multiset of numbers (`\\d+`), holds only digits, `+ - * / ( ) .` and spaces, and is within 1e-5 of the target;
-0.1 if an expression is there but breaks a rule or misses; 0.0 without `<answer>`.
+Test set: d1 `dataset/countdown_cd3_test.jsonl` (256 items, numbers and targets in 1..100), shipped in the package
+(`tasks/packaged/`), or `<data_dir>/countdown/test.jsonl`. Prompt: d1 `diffu-grpo/data_utils.py`
+(`get_countdown_questions`, its training prompt: the expression goes inside `<answer>`, which the reward reads).
+Reward: d1 `reward_func.py` (`countdown_reward_func`, after TinyZero): 1.0 if the expression in the last `<answer>`
+uses exactly the given multiset of numbers (`\\d+`), holds only digits, `+ - * / ( ) .` and spaces, and is within
+1e-5 of the target; 0.1 if an expression is there but breaks a rule or misses; 0.0 without `<answer>`.
 
 Departures:
 1. Training and validation items are generated (seeded; three numbers in 1..100 and a target in 1..100 drawn from
@@ -18,8 +18,21 @@ Departures:
    never with `eval`. d1 calls `eval`, which also runs `**` and `//` (both allowed by its character check); here
    they are wrong (0.1), as the prompt allows only + - * /.
 3. An unclosed last `<answer>` is still read (`tasks/extract.py`); d1's regex needs `</answer>`.
-4. d1's evaluation reads the last `\\boxed{}` under a different prompt; here score and reward read the same
-   `<answer>`, and `accuracy` is 1 exactly when the reward is 1.0.
+4. One answer rule for reward and score (`answer_expression`), so `accuracy` is 1 exactly when the reward is 1.0.
+   d1's training reward reads only the `<answer>` text; its evaluation (`eval/parse_and_get_acc.py`,
+   `parse_countdown_answers`, whose prompt asks for `<answer>\\boxed{...}</answer>`) reads the last `\\boxed{}` of
+   the whole text with some leniencies. Kept:
+   a. the last brace-balanced `\\boxed{}` inside the last `<answer>` (d1's eval format); `<answer>2*4-3</answer>`
+      (d1's training format) reads as before;
+   b. the last `\\boxed{}` anywhere when there is no `<answer>` or it is empty (d1's eval reads boxes anywhere; the
+      math tasks' order, `tasks/math_answers.py::extract_answer`), so the 0.0 tier means neither tag nor box;
+   c. `\\times`, `\\cdot`, `\\div` read as `*`, `*`, `/` (d1's eval too): LaTeX for allowed operations. Refused (0.1):
+   d. a trailing `= N`: d1's eval cuts `= <any number>`, even one that is not the target; the prompt says "without
+      including an equals sign or the target number", and d1's training reward refuses `=` too;
+   e. d1's eval, finding no box, reads the whole text and then its first `expr = N`, a step of the reasoning (so a
+      box cut off before its `}` scores the reasoning); here such a box is the answer's text, which breaks the rules;
+   f. `\\boxed 5` without braces and `\\fbox{}` (d1's `last_boxed_only_string` reads them): not the asked format,
+      and the math tasks read neither. What these rules change on d1's LLaDA-8B generations: docs/tasks.md.
 """
 
 from __future__ import annotations
@@ -36,12 +49,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import hub_jsonl_rows, local_data_dir, task_rows
+from tasks.data import local_data_dir, packaged_file, read_jsonl_rows
 from tasks.extract import last_tag_content
 from tasks.gsm8k import SYSTEM_PROMPT
+from tasks.math_answers import extract_answer
 
-HUB_TEST_URL = "https://raw.githubusercontent.com/dllm-reasoning/d1/main/dataset/countdown_cd3_test.jsonl"
-LOCAL_TEST_FILE = Path("countdown") / "test.jsonl"
+TEST_FILE = Path("countdown") / "test.jsonl"
+"""Under a local data folder, else in the package (d1's `dataset/countdown_cd3_test.jsonl`, tasks/packaged/)."""
 COLUMNS = ("input", "output")
 N_NUMBERS, LOW, HIGH = 3, 1, 100  # as in d1's test file: three numbers and the target, all in 1..100
 TRAIN_SIZE, TRAIN_SEED = 20_000, 4321
@@ -120,9 +134,26 @@ def evaluate(expression: str) -> Fraction | None:
         return None
 
 
+LATEX_OPERATORS = {"\\times": "*", "\\cdot": "*", "\\div": "/"}
+"""LaTeX spellings of allowed operations and what they read as (Departure 4c; d1 `parse_countdown_answers`)."""
+
+
+def answer_expression(completion: str) -> str | None:
+    """The expression a completion answers with (Departure 4): `extract_answer`'s read (box inside the last
+    `<answer>`, else its text, else the last box anywhere) with LaTeX operators rewritten; "" for an `<answer>` with
+    nothing to read (still an answer, so 0.1), None for neither tag nor box."""
+    found = extract_answer(completion)
+    if found is None:
+        return None if last_tag_content(completion) is None else ""
+    for latex, python in LATEX_OPERATORS.items():
+        found = found.replace(latex, python)
+    return found
+
+
 def countdown_reward(numbers: Sequence[int], target: int, completion: str) -> float:
-    """d1's reward: 1.0 right, 0.1 an expression that breaks a rule or misses the target, 0.0 no `<answer>`."""
-    expression = last_tag_content(completion)
+    """d1's reward: 1.0 right, 0.1 an expression that breaks a rule or misses the target, 0.0 neither `<answer>` nor
+    `\\boxed{}` (read by `answer_expression`)."""
+    expression = answer_expression(completion)
     if expression is None:
         return NO_ANSWER
     if not ALLOWED.fullmatch(expression) or sorted(map(int, re.findall(r"[0-9]+", expression))) != sorted(numbers):
@@ -178,7 +209,8 @@ class Countdown:
     """Countdown (three numbers, + - * /); `accuracy` is the share of completions with reward 1.0."""
 
     name: ClassVar[str] = "countdown"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
+    """2: reads an expression boxed inside the answer (d1's eval format), or the last box when no answer holds one."""
     metric: ClassVar[str] = "accuracy"
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
@@ -188,8 +220,8 @@ class Countdown:
     def load(self, split: str) -> Sequence[Item]:
         if split not in self._splits:
             if split == "test":
-                hub = functools.partial(hub_jsonl_rows, HUB_TEST_URL, COLUMNS, check=_row_problem)
-                rows = task_rows(self.data_dir, LOCAL_TEST_FILE, hub, COLUMNS, check=_row_problem)
+                path = packaged_file(TEST_FILE) if self.data_dir is None else self.data_dir / TEST_FILE
+                rows = read_jsonl_rows(path, COLUMNS, check=_row_problem)
                 items = [make_item(f"countdown/test/{i}", *_parse_row(row)) for i, row in enumerate(rows)]
             elif split == "train":
                 items = generate_items(TRAIN_SIZE, TRAIN_SEED, self._keys("test"))

@@ -1,14 +1,16 @@
-"""Where task data comes from: the Hugging Face Hub (or a publisher's URL) by default, a local folder on request.
+"""Where task data comes from: inside the package, the Hugging Face Hub, or a local folder on request.
 
-The project ships no copies of the evaluation sets; it loads them the way users do. Tests and CI point the local
-override at a folder laid out as `<dir>/<task>/<file>` (the flag `--data-dir` or the env var
-`DLLM_HARNESS_DATA_DIR`). Every reader validates rows as it goes and names `file:line` for the first bad one, so a
+d1's two small test sets (Sudoku 4x4, Countdown; Apache-2.0) ship as package data (`tasks/packaged/`, with their
+licence and provenance), so the embedded default runs with no network and nothing beside the clone. The large
+evaluation sets (GSM8K, MATH500, HumanEval, MBPP) load from the Hub the way users load them, through `datasets`.
+A local folder laid out as `<dir>/<task>/<file>` (the flag `--data-dir` or the env var `DLLM_HARNESS_DATA_DIR`)
+replaces both; tests and CI point it at `../shared/data`. An unreachable Hub is one line naming the dataset and
+that remedy. Every reader validates rows as it goes and names `file:line` for the first bad one, so a
 broken file is one clear error line rather than a KeyError deep in a reward.
 
-Departures from the usual `datasets`/pandas loading:
-1. CSV is read with the `csv` module, values as strings, no type inference: pandas would read the Sudoku string
-   '0140432014020000' as the integer 140432014020000 (d1 passes `dtype=str` to avoid this).
-2. The remote CSV path declares every column a string feature and turns off NA detection for the same reason.
+Departure from the usual `datasets`/pandas loading: CSV is read with the `csv` module, values as strings, no type
+inference: pandas would read the Sudoku string '0140432014020000' as the integer 140432014020000 (d1 passes
+`dtype=str` to avoid this).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import gzip
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,22 @@ RowCheck = Callable[[Mapping[str, Any]], str | None]
 
 
 class DataError(ValueError):
-    """A data file or folder is missing or malformed; the message names the file and line."""
+    """A data file or folder is missing or malformed, or a Hub dataset is unreachable; the message names the file
+    and line (or the dataset) and the remedy."""
+
+
+@dataclass(frozen=True)
+class HubSplit:
+    """One split of a Hugging Face Hub dataset, and the file under a local data folder that stands in for it."""
+
+    dataset: str
+    config: str | None
+    split: str
+    local_file: Path
+    """Relative to the data folder: `<task>/<file>`, JSON lines (optionally gzipped)."""
+
+    def __str__(self) -> str:
+        return f"{self.dataset}[{self.config or 'default'}/{self.split}]"
 
 
 def local_data_dir(override: str | Path | None = None) -> Path | None:
@@ -105,27 +124,6 @@ def read_jsonl_rows(path: Path, required: Sequence[str], check: RowCheck | None 
     return rows
 
 
-def hub_csv_rows(url: str, required: Sequence[str], check: RowCheck | None = None) -> list[dict[str, str]]:
-    """Rows of a remote CSV through `datasets` (cached download), reading only the `required` columns as strings.
-
-    Line numbers in errors assume one line per record, which holds for the files loaded this way.
-    """
-    import datasets  # lazy: a heavy import that only the no-local-dir path needs
-
-    features = datasets.Features({name: datasets.Value("string") for name in required})
-    try:
-        table = datasets.load_dataset(
-            "csv", data_files=url, split="train", features=features, usecols=list(required), na_filter=False
-        )
-    except datasets.exceptions.DatasetGenerationError as e:  # e.g. a column is missing; network errors pass through
-        raise DataError(f"{url}: cannot read columns {', '.join(required)} ({e.__cause__ or e})") from e
-    rows: list[dict[str, str]] = []
-    for index, row in enumerate(table):
-        _check_row(f"{url}:{index + HEADER_LINE + 1}", row, required, check)
-        rows.append(dict(row))
-    return rows
-
-
 def _rows_of(table: Any, source: str, required: Sequence[str], check: RowCheck | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for index, row in enumerate(table):
@@ -134,34 +132,45 @@ def _rows_of(table: Any, source: str, required: Sequence[str], check: RowCheck |
     return rows
 
 
-def hub_rows(dataset: str, config: str | None, split: str, required: Sequence[str],
-             check: RowCheck | None = None) -> list[dict[str, Any]]:
+def hub_rows(source: HubSplit, required: Sequence[str], check: RowCheck | None = None) -> list[dict[str, Any]]:
     """Rows of a Hugging Face Hub dataset split (`datasets.load_dataset(dataset, config, split=split)`), validated.
 
-    Errors name `dataset[config/split]:N`, N the 1-based record number.
+    Errors name `dataset[config/split]:N`, N the 1-based record number. A Hub that cannot be reached (offline,
+    `HF_HUB_OFFLINE`, no cached copy) is one DataError naming the dataset and the local file that replaces it.
     """
     import datasets  # lazy: a heavy import that only the no-local-dir path needs
 
-    table = datasets.load_dataset(dataset, config, split=split)
+    try:
+        table = datasets.load_dataset(source.dataset, source.config, split=source.split)
+    except OSError as error:  # ConnectionError (offline, unreachable), FileNotFoundError (no such dataset)
+        raise DataError(unreachable_message(source, error)) from None
     missing = [name for name in required if name not in table.column_names]
-    source = f"{dataset}[{config or 'default'}/{split}]"
     if missing:
         raise DataError(f"{source}: missing column(s) {', '.join(missing)} (has: {', '.join(table.column_names)})")
-    return _rows_of(table, source, required, check)
+    return _rows_of(table, str(source), required, check)
 
 
-def hub_jsonl_rows(url: str, required: Sequence[str], check: RowCheck | None = None) -> list[dict[str, Any]]:
-    """Rows of a remote JSON-lines file (a publisher's URL, e.g. d1's GitHub files) through `datasets` (cached)."""
-    import datasets
+def unreachable_message(source: HubSplit, error: BaseException) -> str:
+    """What failed, why, and the remedy: a local folder laid out as `<dir>/<task>/<file>`."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "") not in ("", "0")
+    why = "offline mode is on (HF_HUB_OFFLINE) and it is not cached" if offline else (
+        f"it could not be reached and is not cached ({type(error).__name__})")
+    return (f"Hub dataset {source}: {why}; give a local copy with --data-dir DIR or {DATA_DIR_ENV}=DIR, "
+            f"holding DIR/{source.local_file.as_posix()}")
 
-    table = datasets.load_dataset("json", data_files=url, split="train")
-    return _rows_of(table, url, required, check)
 
-
-def task_rows(data_dir: Path | None, local_file: str | Path, hub: Callable[[], list[dict[str, Any]]],
-              required: Sequence[str], check: RowCheck | None = None) -> list[dict[str, Any]]:
-    """The one switch between the local override and the Hub: `<data_dir>/<local_file>` (JSON lines, optionally
-    gzipped) when a data dir is set, else whatever `hub()` loads (it should call `hub_rows` or `hub_jsonl_rows`)."""
+def task_rows(data_dir: Path | None, source: HubSplit, required: Sequence[str],
+              check: RowCheck | None = None) -> list[dict[str, Any]]:
+    """The one switch between the local override and the Hub: `<data_dir>/<source.local_file>` (JSON lines,
+    optionally gzipped) when a data dir is set, else the Hub split."""
     if data_dir is None:
-        return hub()
-    return read_jsonl_rows(data_dir / local_file, required, check)
+        return hub_rows(source, required, check)
+    return read_jsonl_rows(data_dir / source.local_file, required, check)
+
+
+def packaged_file(relative: str | Path) -> Path:
+    """A data file shipped inside the package (`tasks/packaged/<task>/<file>`, see its README for provenance)."""
+    path = Path(str(resources.files("tasks").joinpath("packaged", str(relative))))
+    _require_file(path)
+    return path

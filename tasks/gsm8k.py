@@ -23,14 +23,13 @@ Departures:
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import hub_rows, local_data_dir, task_rows
+from tasks.data import HubSplit, local_data_dir, task_rows
 from tasks.math_answers import math_scores
 
 HUB_DATASET, HUB_CONFIG = "openai/gsm8k", "main"
@@ -89,7 +88,8 @@ class GSM8K:
     """GSM8K with d1's prompt; `accuracy` is the share of answers math-verify finds equal to the gold number."""
 
     name: ClassVar[str] = "gsm8k"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
+    """2: an empty last `<answer>` falls back to the last `\\boxed{}` anywhere, like any failed extraction."""
     metric: ClassVar[str] = "accuracy"
 
     def __init__(self, data_dir: str | Path | None = None, format_rewards: bool = False) -> None:
@@ -101,8 +101,8 @@ class GSM8K:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r} for task 'gsm8k'; expected train or test")
         if split not in self._splits:
-            hub = functools.partial(hub_rows, HUB_DATASET, HUB_CONFIG, split, COLUMNS, check=_row_problem)
-            rows = task_rows(self.data_dir, Path("gsm8k") / f"{split}.jsonl", hub, COLUMNS, check=_row_problem)
+            source = HubSplit(HUB_DATASET, HUB_CONFIG, split, Path("gsm8k") / f"{split}.jsonl")
+            rows = task_rows(self.data_dir, source, COLUMNS, check=_row_problem)
             self._splits[split] = tuple(
                 Item(f"gsm8k/{split}/{i}", row["question"], str(gold_number(row["answer"])),
                      {"solution": row["answer"]})

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from tasks.base import Item
 from tasks.code import answer_completion, code_prompt, score_items
-from tasks.data import hub_rows, local_data_dir, task_rows
+from tasks.data import HubSplit, local_data_dir, task_rows
 
 HUB_ID = "openai/openai_humaneval"
 LOCAL_FILE = Path("humaneval") / "HumanEval.jsonl.gz"
@@ -83,8 +83,7 @@ class HumanEval:
         if split != "test":
             raise ValueError(f"unknown split {split!r} for task 'humaneval'; it has test (and train = MBPP's train)")
         if self._items is None:
-            rows = task_rows(self.data_dir, LOCAL_FILE, lambda: hub_rows(HUB_ID, None, "test", FIELDS, _row_problem),
-                             FIELDS, _row_problem)
+            rows = task_rows(self.data_dir, HubSplit(HUB_ID, None, "test", LOCAL_FILE), FIELDS, _row_problem)
             self._items = tuple(
                 Item(row["task_id"], row["prompt"], row["canonical_solution"],
                      {"tests": tuple(split_check(row["test"], row["entry_point"])), "preamble": row["prompt"] + "\n",

@@ -25,13 +25,12 @@ Departures:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import hub_rows, local_data_dir, task_rows
+from tasks.data import HubSplit, local_data_dir, task_rows
 from tasks.gsm8k import GSM8K, SYSTEM_PROMPT
 from tasks.math_answers import last_boxed, math_scores
 
@@ -66,7 +65,8 @@ class MATH500:
     """MATH500 with d1's prompt; `accuracy` is the share of boxed answers math-verify finds equal to the gold."""
 
     name: ClassVar[str] = "math500"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
+    """2: an empty last `<answer>` falls back to the last `\\boxed{}` anywhere, like any failed extraction."""
     metric: ClassVar[str] = "accuracy"
 
     def __init__(self, data_dir: str | Path | None = None, format_rewards: bool = False) -> None:
@@ -82,8 +82,8 @@ class MATH500:
             return GSM8K(self.data_dir).load("train")
         if split not in self._splits:
             dataset, config, hub_split = HUB_TEST if split == "test" else HUB_TRAIN
-            hub = functools.partial(hub_rows, dataset, config, hub_split, COLUMNS[split], check=_row_problem)
-            rows = task_rows(self.data_dir, LOCAL_FILES[split], hub, COLUMNS[split], check=_row_problem)
+            source = HubSplit(dataset, config, hub_split, LOCAL_FILES[split])
+            rows = task_rows(self.data_dir, source, COLUMNS[split], check=_row_problem)
             self._splits[split] = tuple(
                 Item(str(row.get("unique_id") or f"math500/{split}/{i}"), row["problem"], str(_gold(row)),
                      {key: row[key] for key in ("subject", "level") if key in row})

@@ -52,15 +52,17 @@ def last_boxed(text: str) -> str | None:
 
 def extract_answer(completion: str) -> str | None:
     """The model's final answer: the last `\\boxed{}` inside the last `<answer>`, else that `<answer>`'s text, else
-    the last `\\boxed{}` anywhere; None when there is none of these (or the answer is empty).
+    the last `\\boxed{}` anywhere; None when there is none of these.
 
     The `<answer>` tag comes first because the prompts ask for it and the rewards check it; the boxed content inside
     it is preferred so that `<answer>\\boxed{5}</answer>` (d1's eval format) and `<answer>5</answer>` (d1's train
-    format) read the same. An unclosed last `<answer>` is read to the end of the text (`tasks/extract.py`).
+    format) read the same. An unclosed last `<answer>` is read to the end of the text (`tasks/extract.py`). An empty
+    (whitespace-only) last `<answer>` holds nothing to read, so it falls back to the last box anywhere like every
+    other failed read: `\\boxed{5} ... <answer></answer>` answers 5.
     """
     content = last_tag_content(completion)
-    if content is not None:
-        return last_boxed(content) or content or None
+    if content:
+        return last_boxed(content) or content
     return last_boxed(completion) or None
 
 

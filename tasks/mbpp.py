@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from tasks.base import Item
 from tasks.code import answer_completion, code_prompt, score_items
-from tasks.data import hub_rows, local_data_dir, task_rows
+from tasks.data import HubSplit, local_data_dir, task_rows
 
 HUB_ID, HUB_CONFIG = "google-research-datasets/mbpp", "full"
 LOCAL_FILE = Path("mbpp") / "mbpp.jsonl"
@@ -62,8 +62,7 @@ class MBPP:
         if split not in TASK_IDS:
             raise ValueError(f"unknown split {split!r} for task 'mbpp'; expected {', '.join(TASK_IDS)}")
         if split not in self._splits:
-            rows = task_rows(self.data_dir, LOCAL_FILE,
-                             lambda: hub_rows(HUB_ID, HUB_CONFIG, split, FIELDS, _row_problem), FIELDS, _row_problem)
+            rows = task_rows(self.data_dir, HubSplit(HUB_ID, HUB_CONFIG, split, LOCAL_FILE), FIELDS, _row_problem)
             self._splits[split] = tuple(self._item(row) for row in rows if row["task_id"] in TASK_IDS[split])
         return self._splits[split]
 

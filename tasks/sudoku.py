@@ -5,7 +5,8 @@ A puzzle is a 16-character row-major string with '0' for a blank, e.g. Puzzle 31
 Solution 3142243142131324 (first row of the test set). Prompt: d1 `diffu-grpo/data_utils.py` (`SUDOKU_SYSTEM_PROMPT`,
 `get_sudoku_questions`; d1's `eval/sudoku.py` uses the same text). Reward: d1 `reward_func.py::sudoku_reward_func`:
 the digits inside the last `<answer>`, padded with '0' or cut to 16, scored as the fraction of the puzzle's blank
-cells that equal the given solution. Test set: d1 `dataset/4x4_test_sudoku.csv` (500 puzzles, 8 blanks each).
+cells that equal the given solution. Test set: d1 `dataset/4x4_test_sudoku.csv` (500 puzzles, 8 blanks each),
+shipped in the package (`tasks/packaged/`), or `<data_dir>/sudoku/test.csv`.
 
 Departures:
 1. Training puzzles are generated (seeded, uniform over the 288 grids, 8 blanks) and never equal a test puzzle;
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import hub_csv_rows, local_data_dir, read_csv_rows
+from tasks.data import local_data_dir, packaged_file, read_csv_rows
 from tasks.extract import last_tag_content
 
 SIZE, BOX = 4, 2
@@ -37,8 +38,8 @@ BLANKS_PER_PUZZLE = 8  # as in every puzzle of d1's test set
 TRAIN_SIZE, TRAIN_SEED = 20_000, 1234
 VALIDATION_SIZE, VALIDATION_SEED = 500, 5678
 MAX_DRAWS_PER_PUZZLE = 100  # generate_puzzles gives up rather than loop forever when few puzzles remain
-HUB_TEST_URL = "https://raw.githubusercontent.com/dllm-reasoning/d1/main/dataset/4x4_test_sudoku.csv"
-LOCAL_TEST_FILE = Path("sudoku") / "test.csv"
+TEST_FILE = Path("sudoku") / "test.csv"
+"""Under a local data folder, else in the package (d1's `dataset/4x4_test_sudoku.csv`, tasks/packaged/README.md)."""
 COLUMNS = ("Puzzle", "Solution")
 UNITS = (
     [tuple(r * SIZE + c for c in range(SIZE)) for r in range(SIZE)]  # rows
@@ -180,15 +181,10 @@ class Sudoku:
         return {item.prompt_text for item in self.load(split)}
 
     def _load_test(self) -> list[Item]:
-        if self.data_dir is None:
-            source = HUB_TEST_URL
-            rows = hub_csv_rows(HUB_TEST_URL, COLUMNS, check=_row_problem)
-        else:
-            source = str(self.data_dir / LOCAL_TEST_FILE)
-            rows = read_csv_rows(self.data_dir / LOCAL_TEST_FILE, COLUMNS, check=_row_problem)
-        return [
-            Item(f"sudoku/test/{i}", row["Puzzle"], row["Solution"], {"source": source}) for i, row in enumerate(rows)
-        ]
+        path = packaged_file(TEST_FILE) if self.data_dir is None else self.data_dir / TEST_FILE
+        rows = read_csv_rows(path, COLUMNS, check=_row_problem)
+        return [Item(f"sudoku/test/{i}", row["Puzzle"], row["Solution"], {"source": str(path)})
+                for i, row in enumerate(rows)]
 
     def prompt(self, item: Item) -> list[dict[str, str]]:
         """d1's layout: one user message, instruction first, then the puzzle."""

@@ -1,24 +1,51 @@
 """Regression gates (harness/check.py, `harness check`): a 5-point accuracy drop or a 20% memory increase fails,
-the baseline's own results pass."""
+the baseline's own results pass; a missing or non-finite figure fails, a run from another protocol (fingerprint)
+is not comparable, and an unreadable file or row is one error line (exit 2)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness.check import compare_to_baseline, make_baseline
-from harness.sweep import SweepSpec
+from harness.check import (
+    compare_to_baseline,
+    config_key,
+    load_baseline,
+    make_baseline,
+    record_explainer,
+    spec_of,
+)
+from harness.config import RunConfig
+from harness.results_file import read_results
+from harness.schedule import objective_config
+from harness.sweep import SweepSpec, plan_runs, result_row
+from tasks import TASKS
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def config(objective: str, n_t: int | None, seed: int = 0, **train: float) -> RunConfig:
+    """A run of the default comparison (``train``: settings changed from it)."""
+    return RunConfig(objective=objective, objective_config=objective_config(objective, n_t), seed=seed,
+                     train=dataclasses.replace(SweepSpec().train, **train))
+
+
+def fingerprint(objective: str, n_t: int | None, seed: int = 0, **train: float) -> str:
+    return config(objective, n_t, seed, **train).fingerprint(TASKS["sudoku"].version)
 
 
 def row(objective: str, n_t: int | None, seed: int = 0, acc: float = 0.60, mem: float = 150.0,
         ratio: float = 100.0, outcome: str = "ok") -> dict:
     return {"run_id": f"{objective}-{n_t}-{seed}", "task": "sudoku", "objective": objective, "n_t": n_t, "mu": 2,
-            "seed": seed, "outcome": outcome, "error": None if outcome == "ok" else "boom",
+            "seed": seed, "fingerprint": fingerprint(objective, n_t, seed), "outcome": outcome,
+            "error": None if outcome == "ok" else "boom",
             "before": {"mean": 0.565, "low": 0.55, "high": 0.58, "n": 500},
             "after": {"mean": acc, "low": acc - 0.02, "high": acc + 0.02, "n": 500} if outcome == "ok" else None,
             "peak_total_mb": mem, "peak_activations_mb": mem - 13, "step_s": ratio / 100, "reference_s": 0.01,
@@ -115,3 +142,158 @@ def test_commands_report_a_truncated_results_line_and_go_on(tmp_path: Path, base
     (tmp_path / "baseline.json").write_text(json.dumps(baseline))
     gate = check_cli("--baseline", str(tmp_path / "baseline.json"), "--results", str(results))
     assert gate.returncode == 0 and f"{results}:5" in gate.stderr
+
+
+# ---- missing evidence ---------------------------------------------------------------------------------------------
+def test_check_command_fails_on_missing_evidence(tmp_path: Path) -> None:
+    """NaN accuracy, an ok run without accuracy, a null memory and a null time figure: each run FAILs by name."""
+    rows = copy.deepcopy(BASE_ROWS)
+    rows[0]["after"]["mean"] = math.nan
+    rows[1]["after"] = None
+    rows[2]["peak_total_mb"] = None
+    rows[3]["step_time_ratio"] = None
+    (tmp_path / "baseline.json").write_text(json.dumps(make_baseline(BASE_ROWS, None, SweepSpec())))
+    gate = check_cli("--baseline", str(tmp_path / "baseline.json"), "--results",
+                     str(write_rows(tmp_path / "results.jsonl", rows)))
+    assert gate.returncode == 1 and "check FAILED" in gate.stdout
+    for line in ("FAIL sudoku/bgpo/nt4/mu2/s0: accuracy is NaN", "FAIL sudoku/bgpo/nt16/mu2/s0: accuracy is missing",
+                 "FAIL sudoku/vrpo/nt4/mu2/s0: peak memory is missing",
+                 "FAIL sudoku/diffu-grpo/nt-/mu2/s0: step-time ratio is missing"):
+        assert line in gate.stdout
+
+
+@pytest.mark.parametrize(("fields", "culprit"), [
+    ({"acc": math.inf}, "accuracy is infinite"),
+    ({"peak_total_mb": math.nan}, "peak memory is NaN"),
+    ({"step_time_ratio": "fast"}, "step-time ratio is not a number ('fast')"),
+])
+def test_non_finite_figures_fail(baseline: dict, fields: dict, culprit: str) -> None:
+    lines, passed = compare_to_baseline(changed(0, **fields), baseline)
+    assert not passed and lines[0] == f"FAIL sudoku/bgpo/nt4/mu2/s0: {culprit}"
+
+
+def test_a_baseline_without_a_figure_fails_and_a_failed_baseline_run_keeps_its_semantics(baseline: dict) -> None:
+    broken = copy.deepcopy(baseline)
+    broken["runs"]["sudoku/bgpo/nt4/mu2/s0"]["peak_total_mb"] = None
+    lines, passed = compare_to_baseline(BASE_ROWS, broken)
+    assert not passed and lines[0] == "FAIL sudoku/bgpo/nt4/mu2/s0: baseline peak memory is missing"
+    failed_rows = [*BASE_ROWS[:3], row("diffu-grpo", None, outcome="nan")]
+    failed = make_baseline(failed_rows, None, SweepSpec())  # the baseline run itself failed: no accuracy
+    assert compare_to_baseline(failed_rows, failed)[1]  # failed again: nothing to compare, passes as before
+    assert compare_to_baseline(BASE_ROWS, failed)[1]  # now it finishes, with every figure: passes
+    lines, passed = compare_to_baseline(changed(3, peak_total_mb=None), failed)
+    assert not passed and lines[3] == "FAIL sudoku/diffu-grpo/nt-/mu2/s0: peak memory is missing"
+
+
+# ---- protocol fingerprints -----------------------------------------------------------------------------------------
+def test_check_command_fails_a_run_from_another_protocol(tmp_path: Path) -> None:
+    rows = copy.deepcopy(BASE_ROWS)
+    rows[0]["fingerprint"] = fingerprint("bgpo", 4, steps=60)  # same run key, other steps
+    (tmp_path / "baseline.json").write_text(json.dumps(make_baseline(BASE_ROWS, None, SweepSpec())))
+    gate = check_cli("--baseline", str(tmp_path / "baseline.json"), "--results",
+                     str(write_rows(tmp_path / "results.jsonl", rows)))
+    assert gate.returncode == 1 and "check FAILED" in gate.stdout
+    assert (f"FAIL sudoku/bgpo/nt4/mu2/s0: not comparable: protocol fingerprint {rows[0]['fingerprint']} differs "
+            f"from the baseline's {BASE_ROWS[0]['fingerprint']}") in " ".join(gate.stdout.split())
+
+
+def test_a_fingerprint_missing_on_either_side_is_not_comparable(baseline: dict) -> None:
+    rows = copy.deepcopy(BASE_ROWS)
+    del rows[0]["fingerprint"]
+    lines, passed = compare_to_baseline(rows, baseline)
+    assert not passed and lines[0].startswith("FAIL sudoku/bgpo/nt4/mu2/s0: not comparable: the result row has no")
+    old = copy.deepcopy(baseline)
+    del old["runs"]["sudoku/bgpo/nt16/mu2/s0"]["fingerprint"]
+    lines, passed = compare_to_baseline(BASE_ROWS, old)
+    assert not passed and lines[1].startswith("FAIL sudoku/bgpo/nt16/mu2/s0: not comparable: the baseline run has")
+
+
+def test_a_mismatch_names_the_settings_that_differ(tmp_path: Path, baseline: dict) -> None:
+    """With the run records beside both files, the verdict says which settings differ."""
+    old, new = config("bgpo", 4), config("bgpo", 4, steps=60, lr=1e-3)
+    for folder, cfg in (("base", old), ("new", new)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{cfg.run_id()}.json").write_text(json.dumps(
+            {"run_id": cfg.run_id(), "config": cfg.to_dict(), "task_version": TASKS["sudoku"].version}))
+    rows = copy.deepcopy(BASE_ROWS)
+    rows[0] |= {"run_id": new.run_id(), "fingerprint": fingerprint("bgpo", 4, steps=60, lr=1e-3)}
+    baseline["runs"]["sudoku/bgpo/nt4/mu2/s0"]["run_id"] = old.run_id()
+    lines, _ = compare_to_baseline(rows, baseline, record_explainer(tmp_path / "new", tmp_path / "base"))
+    assert lines[0].endswith("(train.lr 0.0001 -> 0.001, train.steps 30 -> 60)")
+
+
+@pytest.mark.parametrize("change", [
+    {"steps": 60}, {"lr": 1e-3}, {"temperature": 0.5}, {"world_size": 2}, {"task_version": "2"},
+    {"seeds": [1]}, {"group_size": 4}, {"estimator": "t-iid"}, {"eval_limit": 10},
+], ids=lambda c: next(iter(c)))
+def test_the_fingerprint_changes_with_the_protocol(change: dict) -> None:
+    assert fingerprinted(**change) != fingerprinted()
+
+
+@pytest.mark.parametrize("change", [{"data_dir": "/elsewhere"}, {"threads": 16}], ids=["data_dir", "threads"])
+def test_the_fingerprint_ignores_where_data_lives_and_thread_count(change: dict) -> None:
+    assert fingerprinted(**change) == fingerprinted()
+
+
+def fingerprinted(world_size: int = 1, task_version: str = "1", **comparison: object) -> str:
+    """The fingerprint of the default comparison's first run with ``comparison`` settings (sweep-file keys)."""
+    spec = spec_of({"comparison": {k: v for k, v in comparison.items() if k != "data_dir"}},
+                   comparison.get("data_dir"))  # type: ignore[arg-type]
+    return plan_runs(spec)[0].fingerprint(task_version, world_size)
+
+
+def test_a_rerun_of_the_committed_baseline_has_its_fingerprints() -> None:
+    """What `harness check` re-runs in CI (the baseline's comparison, planned here without training) has the
+    fingerprints the committed baseline stores, so the gate finds it comparable."""
+    baseline = load_baseline(RESULTS / "baseline.json")
+    planned = {config_key(cfg): cfg for cfg in plan_runs(spec_of(baseline, "../shared/data"))}
+    assert set(planned) == set(baseline["runs"])
+    for key, base in baseline["runs"].items():
+        cfg = planned[key]
+        assert (cfg.run_id(), cfg.fingerprint(TASKS[cfg.task].version, 1)) == (base["run_id"], base["fingerprint"])
+
+
+def test_committed_records_and_results_carry_the_baseline_fingerprints() -> None:
+    """A record written before fingerprints (none stored) gets the same one in its row; the committed results file
+    carries them and passes the committed baseline."""
+    baseline = load_baseline(RESULTS / "baseline.json")
+    expected = {base["run_id"]: base["fingerprint"] for base in baseline["runs"].values()}
+    for run_id, stored in expected.items():
+        record = json.loads((RESULTS / "runs" / f"{run_id}.json").read_text())
+        assert record["fingerprint"] == stored
+        old = {k: v for k, v in record.items() if k not in ("fingerprint", "world_size")}
+        assert result_row(old)["fingerprint"] == stored
+    rows = read_results(RESULTS / "results.jsonl", pytest.fail)
+    assert {r["run_id"]: r["fingerprint"] for r in rows} == expected
+    lines, passed = compare_to_baseline(rows, baseline)
+    assert passed, lines
+
+
+# ---- unreadable inputs ---------------------------------------------------------------------------------------------
+def test_a_missing_results_file_or_a_row_without_a_figure_is_one_line_exit_2(tmp_path: Path, baseline: dict) -> None:
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    missing = check_cli("--baseline", str(tmp_path / "baseline.json"), "--results", "/no/such.jsonl")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.splitlines() == ["error: /no/such.jsonl: no such results file"]
+    rows = copy.deepcopy(BASE_ROWS)
+    del rows[1]["peak_total_mb"]
+    results = write_rows(tmp_path / "results.jsonl", rows)
+    short = check_cli("--baseline", str(tmp_path / "baseline.json"), "--results", str(results))
+    assert short.returncode == 2 and "Traceback" not in short.stderr
+    assert short.stderr.splitlines() == [f"error: {results}:2: row bgpo-16-0 has no peak_total_mb"]
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("[1, 2]", "not a JSON object"),
+    ('{"comparison": {}, "tolerances": {}}', "missing key 'runs'"),
+    ('{"comparison": {}, "tolerances": {}, "runs": []}', "'runs' is not an object"),
+    ('{"comparison": {}, "tolerances": {"accuracy_drop": 1}, "runs": {}}', "unknown tolerance 'accuracy_drop'"),
+    ('{"comparison": {}, "tolerances": {"memory_growth": "x"}, "runs": {}}', "tolerance memory_growth = 'x' is not a"),
+    ('{"comparison": {}, "tolerances": {}, "runs": {"a": {"accuracy": 1}}}', "run 'a' is not an object with an"),
+], ids=["list", "no-runs", "runs-list", "tolerance-name", "tolerance-value", "run-without-outcome"])
+def test_a_malformed_baseline_is_one_error(tmp_path: Path, text: str, why: str) -> None:
+    (tmp_path / "baseline.json").write_text(text)
+    with pytest.raises(ValueError, match=f"--baseline {tmp_path}/baseline.json: {why}"):
+        load_baseline(tmp_path / "baseline.json")
+    with pytest.raises(ValueError, match=f"--baseline {tmp_path}/absent.json: No such file or directory"):
+        load_baseline(tmp_path / "absent.json")

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import large_data_dir
 
 from harness.sandbox_bench import bench_sandbox, write_bench
 from tasks.code import answer_completion, extract_program, fractions_passed, score_items
@@ -16,9 +17,8 @@ from tasks.data import DataError
 from tasks.humaneval import HumanEval, split_check
 from tasks.mbpp import MBPP
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-
+@pytest.mark.needs_data
 def test_reference_solutions_pass_humaneval_164_of_164_and_mbpp_500_of_500() -> None:
     he, mbpp = HumanEval(), MBPP()
     items = [*he.load("test"), *mbpp.load("test")]
@@ -28,6 +28,7 @@ def test_reference_solutions_pass_humaneval_164_of_164_and_mbpp_500_of_500() -> 
     assert failed == []
 
 
+@pytest.mark.needs_data
 def test_mbpp_367_is_the_one_reference_that_needs_its_setup_code() -> None:
     """The 'upstream failure': dropping test_setup_code (as bigcode's harness does) fails task 367 alone."""
     with_setup = [item for item in MBPP().load("test") if "\n" in item.meta["tests"][0]]
@@ -37,6 +38,7 @@ def test_mbpp_367_is_the_one_reference_that_needs_its_setup_code() -> None:
     assert fractions == [0.0]
 
 
+@pytest.mark.needs_data
 def test_splits_and_ids() -> None:
     mbpp = MBPP()
     assert [len(mbpp.load(s)) for s in ("train", "validation", "test", "prompt")] == [374, 90, 500, 10]
@@ -77,6 +79,7 @@ def test_check_is_split_into_one_test_per_assert_with_setup_repeated() -> None:
         split_check("def helper():\n    pass\n", "inc")
 
 
+@pytest.mark.needs_data
 def test_reward_is_the_fraction_of_tests_passed() -> None:
     he = HumanEval()
     item = next(i for i in he.load("test") if i.id == "HumanEval/3")  # below_zero: 3 of its 6 checks expect False
@@ -86,20 +89,22 @@ def test_reward_is_the_fraction_of_tests_passed() -> None:
     assert he.score(item, "no code here") == {"pass@1": 0.0, "tests_passed": 0.0}
 
 
+@pytest.mark.needs_data
 def test_exiting_early_does_not_pass() -> None:
     item = MBPP().load("test")[0]
     assert MBPP().reward(item, answer_completion("import os\nos._exit(0)\n")) == 0.0
 
 
+@pytest.mark.needs_data
 def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "mbpp").mkdir()
-    lines = (SHARED_DATA / "mbpp" / "mbpp.jsonl").read_text().splitlines()
+    lines = (large_data_dir() / "mbpp" / "mbpp.jsonl").read_text().splitlines()
     lines[2] = lines[2][:-1]
     (tmp_path / "mbpp" / "mbpp.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'mbpp' / 'mbpp.jsonl'}:3: invalid JSON")):
         MBPP(tmp_path).load("test")
     (tmp_path / "humaneval").mkdir()
-    with gzip.open(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
+    with gzip.open(large_data_dir() / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
         rows = f.read().splitlines()
     row = json.loads(rows[1])
     row["test"] = "def helper(:\n"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import save_model
+from conftest import save_model, task_param
 from typer.testing import CliRunner
 
 from harness.cli import app
@@ -21,7 +21,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(tmp_path_factory.mktemp("model"))
 
 
-@pytest.mark.parametrize("task", sorted(set(TASKS) - {"sudoku"}))  # sudoku: tests/test_cli.py's smoke test
+# sudoku: tests/test_cli.py's smoke test
+@pytest.mark.parametrize("task", [task_param(t) for t in sorted(set(TASKS) - {"sudoku"})])
 def test_compare_runs_for_every_task(task: str, model_dir: Path, tmp_path: Path) -> None:
     args = ["compare", "--task", task, "--model", str(model_dir), "--objectives", "bgpo", "--nt", "1", "--steps", "1",
             "--mu", "1", "--eval-limit", str(LIMIT), "--threads", "1", "--out", str(tmp_path)]

@@ -50,3 +50,20 @@ def test_eval_bad_input_is_one_line(model_dir: Path, tmp_path: Path, flags: list
     assert result.exit_code == 2
     assert culprit in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_offline_eval_without_data_is_one_line_naming_the_dataset_and_the_remedy(tmp_path: Path) -> None:
+    """What a user sees offline (conftest sets HF_HUB_OFFLINE, an empty cache) with no data folder: the real
+    command in a subprocess, so nothing of the test process (no patched module) helps it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DLLM_HARNESS_DATA_DIR"}
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--task", "gsm8k", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: Hub dataset openai/gsm8k[main/test]: ") and "--data-dir DIR" in line
+    assert "DIR/gsm8k/test.jsonl" in line and "Traceback" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []

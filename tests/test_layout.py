@@ -15,7 +15,7 @@ CORE = {"harness.structs", "harness.config", "harness.policy", "harness.elbo", "
         "harness.measure", "harness.advantages", "harness.registry", "harness.device"}
 ABOVE_OBJECTIVES = {"harness.trainer", "harness.schedule", "harness.cli", "harness.bench", "harness.tables",
                     "harness.records", "harness.evaluate", "harness.tiny", "harness.sweep", "harness.budget",
-                    "harness.check", "harness.cli_sweep", "harness.leaderboard"}
+                    "harness.check", "harness.cli_sweep", "harness.cli_bench", "harness.leaderboard"}
 FILE_BUDGET = {"objectives": 150, "tasks": 250, "harness": 350}
 FUNCTION_BUDGET = 60
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PACKAGED_DATA, large_data_dir
 
 import tasks.math_answers as math_answers
 from tasks.base import Item
@@ -19,23 +20,22 @@ from tasks.math500 import MATH500
 from tasks.math500 import format_reward as math_format_reward
 from tasks.math_answers import extract_answer, is_correct, math_equal
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
 
 
 @pytest.fixture(scope="module")
 def gsm8k() -> GSM8K:
-    return GSM8K(data_dir=SHARED_DATA)
+    return GSM8K(data_dir=large_data_dir())
 
 
 @pytest.fixture(scope="module")
 def math500() -> MATH500:
-    return MATH500(data_dir=SHARED_DATA)
+    return MATH500(data_dir=large_data_dir())
 
 
 @pytest.fixture(scope="module")
 def countdown() -> Countdown:
-    return Countdown(data_dir=SHARED_DATA)
+    return Countdown(data_dir=PACKAGED_DATA)
 
 
 # --- the real files: every gold answer scores full marks -------------------------------------------------------
@@ -191,9 +191,9 @@ GOLD_18 = Item("hand/gsm8k", "q", "18")
     ("<answer>\n18.0\n</answer>", 1.126),
 ])
 def test_gsm8k_format_rewards_by_hand(completion: str, expected: float) -> None:
-    task = GSM8K(data_dir=SHARED_DATA, format_rewards=True)
+    task = GSM8K(data_dir=large_data_dir(), format_rewards=True)
     assert task.reward(GOLD_18, completion) == pytest.approx(expected)
-    plain = GSM8K(data_dir=SHARED_DATA).reward(GOLD_18, completion)
+    plain = GSM8K(data_dir=large_data_dir()).reward(GOLD_18, completion)
     assert plain == task.score(GOLD_18, completion)["accuracy"]
     assert task.reward(GOLD_18, completion) == pytest.approx(plain + format_reward(completion))
 
@@ -213,7 +213,7 @@ def test_math500_format_term_uses_the_intended_scale(completion: str, expected: 
     assert math_format_reward(completion) == expected
     item = Item("hand/math", "q", "4")
     correct = float(is_correct("4", completion))
-    assert MATH500(data_dir=SHARED_DATA, format_rewards=True).reward(item, completion) == correct + expected
+    assert MATH500(data_dir=large_data_dir(), format_rewards=True).reward(item, completion) == correct + expected
 
 
 CD = make_item("hand/cd", [2, 3, 4], 5)
@@ -237,9 +237,9 @@ CD_ZERO = make_item("hand/cd0", [5, 5, 7], 7)
     (CD_ZERO, "<answer>7 + 5 - 5</answer>", 1.0),
 ])
 def test_countdown_rewards_by_hand(item: Item, completion: str, expected: float) -> None:
-    assert Countdown(data_dir=SHARED_DATA).reward(item, completion) == expected
+    assert Countdown(data_dir=PACKAGED_DATA).reward(item, completion) == expected
     assert countdown_reward(item.meta["numbers"], item.meta["target"], completion) == expected
-    assert Countdown(data_dir=SHARED_DATA).score(item, completion) == {"accuracy": float(expected == 1.0)}
+    assert Countdown(data_dir=PACKAGED_DATA).score(item, completion) == {"accuracy": float(expected == 1.0)}
 
 
 def test_evaluate_is_exact_and_runs_nothing() -> None:
@@ -254,7 +254,8 @@ def test_evaluate_is_exact_and_runs_nothing() -> None:
 def _copy_with(tmp_path: Path, relative: str, line_no: int, line: str) -> Path:
     path = tmp_path / relative
     path.parent.mkdir(parents=True)
-    lines = (SHARED_DATA / relative).read_text().splitlines(keepends=True)
+    source = PACKAGED_DATA / relative if (PACKAGED_DATA / relative).is_file() else large_data_dir() / relative
+    lines = source.read_text().splitlines(keepends=True)
     lines[line_no - 1] = line + "\n"
     path.write_text("".join(lines))
     return path
@@ -280,7 +281,7 @@ def test_a_bad_row_names_file_and_line(tmp_path: Path, make_task: type, relative
 
 @pytest.mark.parametrize("make_task", [GSM8K, MATH500, Countdown])
 def test_sample_files_match_their_hand_counted_figures(make_task: type) -> None:
-    task = make_task(data_dir=SHARED_DATA)
+    task = make_task(data_dir=PACKAGED_DATA if make_task is Countdown else large_data_dir())
     by_id = {item.id: item for item in task.load("test")}
     by_question = {item.prompt_text: item for item in task.load("test")}
     rows = [json.loads(line) for line in (SAMPLES / f"{task.name}.jsonl").read_text().splitlines()]

@@ -3,21 +3,41 @@ leaves no process behind, and leaves the harness process and its results file al
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tasks.sandbox import MAX_UIDS, PRELUDE, SANDBOX_UID_BASE, SandboxLimits, run_program, sandbox_python
+from tasks import isolation
+from tasks.base import Item
+from tasks.code import answer_completion, score_items
+from tasks.isolation import MAX_UIDS, SANDBOX_UID_BASE
+from tasks.sandbox import PRELUDE, SandboxLimits, run_program, sandbox_python
 
 ROOT = os.geteuid() == 0
 FAST = SandboxLimits(wall_seconds=1.5, cpu_seconds=5)
 RESULTS_TEXT = '{"score": 0.5}\n'
 needs_root = pytest.mark.skipif(not ROOT, reason="this guarantee needs the root path (a dedicated uid)")
+FILL_FOLDER = "for i in range(8):\n    with open(f'big{i}', 'wb') as f:\n        f.write(b'x' * (16 << 20))\n"
+"""Eight 16 MiB files in the working folder: each under RLIMIT_FSIZE, 128 MiB in all, twice the folder's cap."""
+
+
+@functools.cache
+def private_workdir_made() -> bool:
+    return run_program("pass").private_workdir
+
+
+def require_private_workdir() -> None:
+    """As root the private tmpfs must be made (the tests then assert it); otherwise it takes user namespaces."""
+    if not ROOT and not private_workdir_made():
+        pytest.skip("needs root or unprivileged user namespaces for the private tmpfs")
 
 
 def sandbox_processes() -> list[int]:
@@ -203,3 +223,52 @@ time.sleep(0.3)
 
 def test_sandbox_python_is_usable_by_the_sandbox() -> None:
     assert os.access(sandbox_python(), os.X_OK)
+
+
+def test_filling_the_working_folder_is_an_error_and_never_reaches_the_disk(results: Path) -> None:
+    require_private_workdir()
+    source = """
+import json, os
+names = sorted(os.listdir('.'))
+open('small', 'wb').write(b'x')
+dev = os.stat('small').st_dev
+mount = next(f for f in map(str.split, open('/proc/self/mountinfo')) if f[2] == f'{os.major(dev)}:{os.minor(dev)}')
+vfs = os.statvfs('.')
+print(json.dumps({'cwd': os.getcwd(), 'names': names, 'dev': dev, 'fstype': mount[mount.index('-') + 1],
+                  'total': vfs.f_blocks * vfs.f_frsize}), flush=True)
+""" + FILL_FOLDER + "print('wrote 128 MiB')"
+    result = run_hostile(source, results)
+    assert result.status == "error" and "No space left on device" in result.stderr, result
+    assert "wrote 128 MiB" not in result.stdout and result.private_workdir
+    seen = json.loads(result.stdout.splitlines()[0])
+    assert seen["names"] == ["program.py"]  # stdout and stderr are not in it
+    assert seen["dev"] != os.stat(tempfile.gettempdir()).st_dev  # its files were never on the harness's disk
+    assert seen["fstype"] == "tmpfs" and seen["total"] <= FAST.workdir_bytes
+    folder = Path(seen["cwd"])  # the mountpoint: an empty folder of the harness's temp dir, deleted after
+    assert folder.parent == Path(tempfile.gettempdir()) and not folder.exists()
+
+
+def test_a_completion_filling_the_folder_before_a_correct_function_scores_0() -> None:
+    require_private_workdir()
+    solution = "def add(a, b):\n    return a + b\n"
+    item = Item("fill/0", "Add two numbers.", solution, {"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]})
+    scores = score_items([item, item], [answer_completion(FILL_FOLDER + solution), answer_completion(solution)])
+    assert scores == [{"pass@1": 0.0, "tests_passed": 0.0}, {"pass@1": 1.0, "tests_passed": 1.0}]
+
+
+def test_a_program_too_big_for_the_working_folder_is_an_error() -> None:
+    require_private_workdir()
+    limits = SandboxLimits(wall_seconds=5, cpu_seconds=5, workdir_bytes=1 << 20)
+    result = run_program("x = 1\n" + "#" * (2 << 20) + "\nprint('ran')", limits)
+    assert result.status == "error" and "program.py" in result.stderr and "ran" not in result.stdout, result
+
+
+def test_without_the_private_tmpfs_the_program_runs_from_the_disk_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback, forced by a mount the kernel refuses (an unknown option): the harness's copy of program.py on
+    the disk runs, as before the private tmpfs."""
+    real = isolation.mount_private
+    monkeypatch.setattr(isolation, "mount_private", lambda mounts, workdir, _: real(mounts, workdir, b"no_such=1"))
+    result = run_program("import os\nprint(os.stat('.').st_dev, *sorted(os.listdir('.')))", FAST)
+    assert result.status == "ok" and not result.private_workdir, result
+    dev, *names = result.stdout.split()
+    assert int(dev) == os.stat(tempfile.gettempdir()).st_dev and names == ["program.py"]

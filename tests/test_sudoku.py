@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import PACKAGED_DATA
 
 from tasks import TASKS
 from tasks.base import Item
@@ -23,8 +22,6 @@ from tasks.sudoku import (
     solutions,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 # First row of d1's test file; it has exactly one solution.
 # Blanks at 2, 5, 6, 7, 8, 11, 12, 15, where the solution holds 4, 4, 3, 1, 4, 3, 1, 4.
 UNIQUE = Item("hand/unique", "3102200002100320", "3142243142131324")
@@ -40,7 +37,7 @@ def answer(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def sudoku() -> Sudoku:
-    return Sudoku(data_dir=SHARED_DATA)
+    return Sudoku(data_dir=PACKAGED_DATA)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +61,7 @@ def test_the_test_split_is_d1s_500_puzzles_with_8_blanks(test_items: list[Item])
 
 
 def test_the_env_var_selects_the_local_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DATA_DIR_ENV, str(SHARED_DATA))
+    monkeypatch.setenv(DATA_DIR_ENV, str(PACKAGED_DATA))
     assert len(Sudoku().load("test")) == 500
 
 
@@ -158,7 +155,7 @@ def test_sft_target_is_the_bare_answer_block_and_scores_full_marks(sudoku: Sudok
 def test_train_and_validation_are_deterministic_new_puzzles(sudoku: Sudoku, test_items: list[Item]) -> None:
     train, validation = sudoku.load("train"), sudoku.load("validation")
     assert (len(train), len(validation)) == (TRAIN_SIZE, VALIDATION_SIZE)
-    again = Sudoku(data_dir=SHARED_DATA)
+    again = Sudoku(data_dir=PACKAGED_DATA)
     assert again.load("train") == train and again.load("validation") == validation
     test_puzzles = {item.prompt_text for item in test_items}
     train_puzzles = {item.prompt_text for item in train}

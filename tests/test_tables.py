@@ -44,7 +44,7 @@ BGPO = _record(
 BGPO_ROW = ("| sudoku | "
             "bgpo | 4 | 0 | 25.0 [12.5, 37.5] | 50.0 [37.5, 62.5] | +25.0 | 0.10 -> 0.75 | 15.3 | 20.0 | 0.50 |")
 
-# diffu-grpo has no n_t (shown as 1), seed 3, accuracy drops; 10 steps, so a fifth is 2 steps.
+# diffu-grpo has no n_t (shown as -), seed 3, accuracy drops; 10 steps, so a fifth is 2 steps.
 DIFFU_REWARDS = [0.0, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 1.0, 0.5]
 DIFFU_TIMES = [5.0, 0.3, 0.1, 0.2, 0.9, 0.4, 0.8, 0.6, 0.7, 0.5]
 DIFFU = _record(
@@ -60,7 +60,7 @@ DIFFU = _record(
 # memory from step 0 only: 7.26 -> 7.3, 9.0;
 # step time: median of the 9 untracked times 0.3 0.1 0.2 0.9 0.4 0.8 0.6 0.7 0.5 = 0.5 (sorted: 0.1 ... 0.9, 5th).
 DIFFU_ROW = ("| sudoku | "
-             "diffu-grpo | 1 | 3 | 50.0 [25.0, 75.0] | 37.5 [12.5, 62.5] | -12.5 | 0.25 -> 0.75 | 7.3 | 9.0 | 0.50 |")
+             "diffu-grpo | - | 3 | 50.0 [25.0, 75.0] | 37.5 [12.5, 62.5] | -12.5 | 0.25 -> 0.75 | 7.3 | 9.0 | 0.50 |")
 
 # vrpo, one step only and it is tracked: the step time falls back to that step; no change gives +0.0.
 VRPO = _record(

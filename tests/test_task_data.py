@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, large_data_dir
 
+from tasks.countdown import Countdown
 from tasks.data import (
     DATA_DIR_ENV,
     DataError,
-    hub_csv_rows,
+    HubSplit,
     local_data_dir,
+    packaged_file,
     read_csv_rows,
     read_jsonl_rows,
+    unreachable_message,
 )
+from tasks.gsm8k import GSM8K
 from tasks.sudoku import Sudoku
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GOOD_ROW = "0140432014020000,2143432114323214"  # row 3 of d1's test file; note the leading zero
 
 
@@ -107,15 +112,16 @@ def test_jsonl_gz_is_read_and_missing_fields_are_named(tmp_path: Path) -> None:
 
 
 def test_the_shared_humaneval_gz_reads_164_rows() -> None:
-    rows = read_jsonl_rows(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz", ["task_id", "prompt", "test"])
+    rows = read_jsonl_rows(large_data_dir() / "humaneval" / "HumanEval.jsonl.gz", ["task_id", "prompt", "test"])
     assert len(rows) == 164
 
 
 def test_data_dir_flag_wins_over_env_and_env_over_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     assert local_data_dir() is None
-    monkeypatch.setenv(DATA_DIR_ENV, str(SHARED_DATA))
-    assert local_data_dir() == SHARED_DATA
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "sudoku"))
+    (tmp_path / "sudoku").mkdir()
+    assert local_data_dir() == tmp_path / "sudoku"
     assert local_data_dir(tmp_path) == tmp_path
 
 
@@ -127,23 +133,6 @@ def test_nonexistent_data_dir_is_one_clear_error(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv(DATA_DIR_ENV, str(missing))
     with pytest.raises(DataError, match=re.escape(expected)):
         Sudoku()
-
-
-def test_hub_csv_rows_keeps_strings_and_names_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # `datasets` reads a local path the same way as a URL, so this checks the default path offline.
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    path = write_sudoku_csv(tmp_path, GOOD_ROW, "0000000000000001,NA")
-    assert hub_csv_rows(str(path), ["Puzzle", "Solution"]) == [
-        {"Puzzle": "0140432014020000", "Solution": "2143432114323214"},
-        {"Puzzle": "0000000000000001", "Solution": "NA"},
-    ]
-    path = write_sudoku_csv(tmp_path, GOOD_ROW, "0000000000000001,")
-    with raises_at(f"{path}:3: missing field 'Solution'"):
-        hub_csv_rows(str(path), ["Puzzle", "Solution"])
-    path.write_text("Puzzle\n0140432014020000\n")
-    with raises_at(f"{path}: cannot read columns Puzzle, Solution"):
-        hub_csv_rows(str(path), ["Puzzle", "Solution"])
 
 
 def test_hub_rows_validate_and_name_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,11 +149,63 @@ def test_hub_rows_validate_and_name_the_record(monkeypatch: pytest.MonkeyPatch) 
         return datasets.Dataset.from_list(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    assert hub_rows("org/set", "main", "test", ["answer"]) == rows
+    test, train = HubSplit("org/set", "main", "test", Path("set/test.jsonl")), HubSplit(
+        "org/set", None, "train", Path("set/train.jsonl"))
+    assert hub_rows(test, ["answer"]) == rows
     with pytest.raises(DataError, match=r"^org/set\[main/test\]:2: missing field 'question'$"):
-        hub_rows("org/set", "main", "test", ["question", "answer"])
+        hub_rows(test, ["question", "answer"])
     with pytest.raises(DataError, match=r"org/set\[default/train\]: missing column\(s\) solution"):
-        hub_rows("org/set", None, "train", ["solution"])
+        hub_rows(train, ["solution"])
     assert calls[0] == ("org/set", "main", "test")
-    hub = lambda: [{"from": "hub"}]  # noqa: E731
-    assert task_rows(None, "x.jsonl", hub, ["from"]) == [{"from": "hub"}]
+    assert task_rows(None, test, ["answer"]) == rows  # no data dir: the Hub
+
+
+def test_an_unreachable_hub_is_one_line_with_the_remedy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline with an empty cache (conftest sets HF_HUB_OFFLINE): the real `datasets` call, no fake."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    expected = ("Hub dataset openai/gsm8k[main/test]: offline mode is on (HF_HUB_OFFLINE) and it is not cached; give "
+                f"a local copy with --data-dir DIR or {DATA_DIR_ENV}=DIR, holding DIR/gsm8k/test.jsonl")
+    with pytest.raises(DataError, match=f"^{re.escape(expected)}$"):
+        GSM8K().load("test")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    source = HubSplit("org/set", None, "test", Path("set/test.jsonl"))
+    message = unreachable_message(source, ConnectionError("Couldn't reach 'org/set' on the Hub"))
+    assert message.startswith("Hub dataset org/set[default/test]: it could not be reached and is not cached "
+                              "(ConnectionError); give a local copy with --data-dir DIR")
+
+
+PACKAGED_SHA256 = {
+    "sudoku/test.csv": "ef86c7c28ebef88484d85fda59b3909a7b621241aa1abf36343437dbc4a3ffb6",
+    "countdown/test.jsonl": "9916f614621e26fb2b035ed4ea641e35e4fff0d533bb9b9c7bcaaa61017d88c6",
+}
+"""d1's released files (tasks/packaged/README.md gives their origin)."""
+
+
+def test_the_package_ships_d1s_small_test_sets_with_licence(monkeypatch: pytest.MonkeyPatch) -> None:
+    for relative, digest in PACKAGED_SHA256.items():
+        path = packaged_file(relative)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        if (SHARED_DATA / relative).is_file():  # the same bytes as the copy tests and CI keep beside the clone
+            assert path.read_bytes() == (SHARED_DATA / relative).read_bytes()
+    assert "Apache License" in packaged_file("LICENSE").read_text()
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)  # no data folder at all: the package's own files
+    sudoku, countdown = Sudoku().load("test"), Countdown().load("test")
+    assert (len(sudoku), len(countdown)) == (500, 256)
+    assert sudoku[0].meta["source"] == str(packaged_file("sudoku/test.csv"))
+    assert (sudoku[0].prompt_text, countdown[0].meta["numbers"]) == ("3102200002100320", (30, 100, 93))
+    with raises_at(f"{packaged_file('sudoku/test.csv').parent / 'none.csv'}: no such data file"):
+        packaged_file("sudoku/none.csv")
+
+
+def test_the_package_data_is_declared_for_wheels() -> None:
+    """A wheel carries only the data files pyproject declares; every packaged file must match a pattern."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tasks"]
+    files = [p.relative_to(root / "tasks").as_posix() for p in (root / "tasks" / "packaged").rglob("*") if p.is_file()]
+    assert sorted(files) == ["packaged/LICENSE", "packaged/README.md", "packaged/countdown/test.jsonl",
+                             "packaged/sudoku/test.csv"]
+    assert all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files)
