@@ -37,11 +37,11 @@ from harness.sweep import SweepSpec, spec_from_mapping
 
 BASELINE_SCHEMA = 1
 TOLERANCES = {"accuracy_drop_pts": 3.0, "memory_growth": 0.10, "time_ratio_growth": 1.50,
-              "relative_time_growth": 0.25}
+              "relative_time_growth": 0.5}
 """Default tolerances. Accuracy is deterministic for a fixed torch build on CPU, so 3 points only absorbs
 numerical differences between CPUs; memory is measured exactly (MemTracker) on CPU; the anchor's step-time ratio
 moves by up to +95% between CPU families (hence 150%), a run's time relative to its anchor by under 10% between
-machines and +-10% between runs on a shared 2-core machine (hence 25%)."""
+CPU families but by up to +22% between two runs on one idle 2-core machine (hence 50%)."""
 
 
 GATE_KEYS = ("after", "peak_total_mb", "step_time_ratio")

@@ -79,7 +79,7 @@ def test_the_baseline_itself_passes(baseline: dict) -> None:
     (1, {"acc": 0.57}, "accuracy 62.0 -> 57.0"),  # a 5-point drop
     (2, {"peak_total_mb": 624.0}, "peak memory 520.0 -> 624.0 MB (+20% > 10%)"),
     (0, {"step_time_ratio": 260.0}, "step-time ratio 100.0 -> 260.0 (+160% > 150%)"),  # the anchor, bgpo n_t=4
-    (1, {"step_time_ratio": 130.0}, "step time / anchor's 1.00 -> 1.30 (+30% > 25%)"),
+    (1, {"step_time_ratio": 160.0}, "step time / anchor's 1.00 -> 1.60 (+60% > 50%)"),
     (3, {"outcome": "nan"}, "outcome nan (baseline ok)"),
 ])
 def test_regressions_fail_and_name_the_run(baseline: dict, index: int, fields: dict, culprit: str) -> None:
@@ -90,7 +90,7 @@ def test_regressions_fail_and_name_the_run(baseline: dict, index: int, fields: d
 
 
 def test_within_tolerance_passes_and_missing_runs_fail(baseline: dict) -> None:
-    assert compare_to_baseline(changed(1, acc=0.595, peak_total_mb=160.0, step_time_ratio=120.0), baseline)[1]
+    assert compare_to_baseline(changed(1, acc=0.595, peak_total_mb=160.0, step_time_ratio=140.0), baseline)[1]
     lines, passed = compare_to_baseline(BASE_ROWS[:3], baseline)
     assert not passed and "FAIL sudoku/diffu-grpo/nt-/mu2/s0: missing from the results" in lines
     lines, passed = compare_to_baseline([*BASE_ROWS, row("bgpo", 32)], baseline)
@@ -105,10 +105,10 @@ def test_another_cpu_family_moves_every_ratio_and_passes(baseline: dict) -> None
         r["step_time_ratio"] *= factor
     lines, passed = compare_to_baseline(moved, baseline)
     assert passed, lines
-    moved[3]["step_time_ratio"] = 1.81 * 100.0 * 1.3  # diffu-GRPO 30% slower than the anchor: code, not machine
+    moved[3]["step_time_ratio"] = 1.81 * 100.0 * 1.6  # diffu-GRPO 60% slower than the anchor: code, not machine
     lines, passed = compare_to_baseline(moved, baseline)
-    assert not passed and lines[3] == ("FAIL sudoku/diffu-grpo/nt-/mu2/s0: step time / anchor's 1.00 -> 1.30 "
-                                       "(+30% > 25%)")
+    assert not passed and lines[3] == ("FAIL sudoku/diffu-grpo/nt-/mu2/s0: step time / anchor's 1.00 -> 1.60 "
+                                       "(+60% > 50%)")
 
 
 def test_a_failed_anchor_leaves_its_arms_unjudged_on_time(baseline: dict) -> None:
@@ -135,7 +135,7 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     assert check_cli("--baseline", str(baseline), "--results", str(results), "--update").returncode == 0
     stored = json.loads(baseline.read_text())
     assert stored["tolerances"] == {"accuracy_drop_pts": 3.0, "memory_growth": 0.1, "time_ratio_growth": 1.5,
-                                   "relative_time_growth": 0.25}
+                                   "relative_time_growth": 0.5}
     assert stored["comparison"]["objectives"] == ["bgpo", "vrpo", "diffu-grpo"]
 
     same = check_cli("--baseline", str(baseline), "--results", str(results))
