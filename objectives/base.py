@@ -13,8 +13,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 
-from harness.policy import Policy
-from harness.structs import Batch
+from harness.model.policy import Policy
+from harness.model.structs import Batch
 
 
 class LossTerm(NamedTuple):

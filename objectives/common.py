@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.elbo import Draws, ElboConfig, answer_mask, draw_terms, sample_draws
-from harness.policy import Policy
-from harness.structs import Batch
+from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, sample_draws
+from harness.model.policy import Policy
+from harness.model.structs import Batch
 
 
 def ppo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float | None) -> torch.Tensor:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.elbo import micro_batches
-from harness.policy import Policy
-from harness.structs import Batch
+from harness.model.elbo import micro_batches
+from harness.model.policy import Policy
+from harness.model.structs import Batch
 from objectives.base import LossTerm
 from objectives.common import k3_kl, masked_mean, ppo_surrogate
 

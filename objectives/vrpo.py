@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.elbo import ElboConfig, micro_batches
-from harness.policy import Policy
-from harness.structs import Batch
+from harness.model.elbo import ElboConfig, micro_batches
+from harness.model.policy import Policy
+from harness.model.structs import Batch
 from objectives.base import LossTerm
 from objectives.common import ElboBatch, elbo_differences, ppo_surrogate, prepare_elbo
 

@@ -90,8 +90,8 @@ def make_policy(dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int =
     """A tiny bidirectional Llama on the built-in tokenizer; large init so outputs depend on the input."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.policy import Policy
-    from harness.tiny import build_tokenizer
+    from harness.model.policy import Policy
+    from harness.model.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
@@ -106,9 +106,9 @@ def make_policy(dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int =
 def make_batch(policy, n_prompts: int = 3, group: int = 4, prompt_len: int = 6, gen: int = 8, seed: int = 0,
                advantages: torch.Tensor | None = None):
     """A scored batch of random sequences: left padding, an EOS inside some completions, mixed-sign advantages."""
-    from harness.advantages import group_advantages
-    from harness.rollout import first_eos_mask
-    from harness.structs import Batch, Rollout
+    from harness.loop.advantages import group_advantages
+    from harness.model.rollout import first_eos_mask
+    from harness.model.structs import Batch, Rollout
 
     g = torch.Generator().manual_seed(seed)
     n = n_prompts * group

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.advantages import STD_EPS, frac_zero_std, group_advantages
+from harness.loop.advantages import STD_EPS, frac_zero_std, group_advantages
 
 REWARDS = torch.tensor([1, 0, 0, 1, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)  # two groups of G = 4
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.check import (
+from harness.runs.check import (
     compare_to_baseline,
     config_key,
     load_baseline,
@@ -22,10 +22,10 @@ from harness.check import (
     record_explainer,
     spec_of,
 )
-from harness.config import RunConfig
-from harness.results_file import read_results
-from harness.schedule import objective_config
-from harness.sweep import SweepSpec, plan_runs, result_row
+from harness.runs.config import RunConfig
+from harness.runs.pipeline import objective_config
+from harness.runs.results_file import read_results
+from harness.runs.sweep import SweepSpec, plan_runs, result_row
 from tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

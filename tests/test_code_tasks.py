@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import large_data_dir
 
-from harness.sandbox_bench import bench_sandbox, write_bench
+from harness.bench.sandbox import bench_sandbox, write_bench
 from tasks.code import answer_completion, extract_program, fractions_passed, score_items
 from tasks.data import DataError
 from tasks.humaneval import HumanEval, split_check

@@ -10,7 +10,7 @@ import pytest
 from conftest import save_model, task_param
 from typer.testing import CliRunner
 
-from harness.cli import app
+from harness.cli.main import app
 from tasks import TASKS
 
 LIMIT = 2

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_batch
 
-from harness.advantages import group_advantages
+from harness.loop.advantages import group_advantages
 from objectives.diffu_grpo import DiffuGRPO, DiffuGRPOConfig
 
 

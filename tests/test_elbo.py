@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_batch
 
-from harness.elbo import ElboConfig, answer_mask, draw_terms, micro_batches, sample_draws
+from harness.model.elbo import ElboConfig, answer_mask, draw_terms, micro_batches, sample_draws
 
 T_IID = ElboConfig(estimator="t-iid")
 L_STRAT = ElboConfig(estimator="l-stratified")

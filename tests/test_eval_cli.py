@@ -10,7 +10,7 @@ import pytest
 from conftest import save_model
 from typer.testing import CliRunner
 
-from harness.cli import app
+from harness.cli.main import app
 
 LIMIT = 7
 

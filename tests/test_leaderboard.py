@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness.leaderboard import CSV_FIELDS, RANGE_MARK, aggregate, markdown, write_leaderboard
+from harness.report.leaderboard import CSV_FIELDS, RANGE_MARK, aggregate, markdown, write_leaderboard
 
 CHROMIUM = "/usr/bin/chromium"
 TITLE = "Bench <b> & co"

@@ -15,10 +15,10 @@ import pytest
 from conftest import save_model
 from typer.testing import CliRunner
 
-from harness import learn
-from harness.cli import app, main
-from harness.learn import CHECKPOINT_RULE, CSV_COLUMNS, curve_rows, paired_test, score_table, summarize
-from harness.plots import plot_learning_curves
+from harness.bench.learn import CHECKPOINT_RULE, CSV_COLUMNS, curve_rows, paired_test, score_table, summarize
+from harness.bench import learn
+from harness.cli.main import app, main
+from harness.report.plots import plot_learning_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIN_PNG_BYTES = 5_000

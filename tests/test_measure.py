@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness.measure import BYTES_PER_MB, MemorySplit, Meter, MeterReading, tensor_bytes, track_peak_memory
+from harness.loop.measure import BYTES_PER_MB, MemorySplit, Meter, MeterReading, tensor_bytes, track_peak_memory
 
 VOCAB = 64
 BATCH, LENGTH = 8, 32  # [N, T] of the token batches below

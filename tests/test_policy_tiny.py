@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import make_batch, make_policy
 
-import harness.tiny as tiny
-from harness.policy import Policy, PolicyError
-from harness.tiny import TinyConfig, build_tokenizer, pretrain, sft_loss, tiny_model_path
+import harness.model.tiny as tiny
+from harness.model.policy import Policy, PolicyError
+from harness.model.tiny import TinyConfig, build_tokenizer, pretrain, sft_loss, tiny_model_path
 from tasks.sudoku import PUZZLE_LEAD, SUDOKU_INSTRUCTION, Sudoku, generate_puzzles
 
 SMALL = TinyConfig(pretrain_steps=2, batch_size=4, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import records
-from harness.config import RunConfig, TrainConfig
-from harness.records import device_info, environment, package_versions, write_json_atomic
-from harness.schedule import objective_config
+from harness.loop.trainer import TrainConfig
+from harness.runs import records
+from harness.runs.config import RunConfig
+from harness.runs.pipeline import objective_config
+from harness.runs.records import device_info, environment, package_versions, write_json_atomic
 
 
 def test_write_json_atomic_writes_valid_json_and_no_temp_file(tmp_path: Path) -> None:

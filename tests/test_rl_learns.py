@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import make_policy
 
-from harness.config import RolloutConfig, TrainConfig
-from harness.schedule import objective_config
-from harness.trainer import train
+from harness.loop.trainer import TrainConfig, train
+from harness.model.rollout import RolloutConfig
+from harness.runs.pipeline import objective_config
 from objectives import OBJECTIVES
 from tasks.base import Item
 

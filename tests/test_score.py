@@ -15,8 +15,8 @@ import pytest
 from conftest import PACKAGED_DATA, PACKAGED_TASKS
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.score import Sample, match, read_samples
+from harness.cli.main import app
+from harness.report.score import Sample, match, read_samples
 from tasks import TASKS
 from tasks.base import Item
 from tasks.data import DataError

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import PACKAGED_DATA
 
-from harness.score import DEFAULT_EOS, cut_at_eos, parse_eos
+from harness.report.score import DEFAULT_EOS, cut_at_eos, parse_eos
 from tasks.base import Item
 from tasks.code import extract_program
 from tasks.countdown import NO_ANSWER, RIGHT, WRONG, Countdown, answer_expression, make_item
@@ -108,7 +108,7 @@ def test_code_empty_answer_falls_back_to_the_last_block() -> None:
 
 
 def test_default_end_tokens_cover_llada_dream_and_the_tiny_model() -> None:
-    from harness.tiny import build_tokenizer
+    from harness.model.tiny import build_tokenizer
 
     assert {"<|eot_id|>", "<|endoftext|>", "<|im_end|>", build_tokenizer().eos_token} == set(DEFAULT_EOS)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.stats import (
+from harness.loop.stats import (
     Estimate,
     bootstrap_mean,
     bootstrap_mean_clustered,

@@ -20,9 +20,9 @@ import pytest
 import torch
 from conftest import save_model
 
-from harness.results_file import read_results
-from harness.sweep import SweepSpec, load_sweep_file, plan_runs, run_sweep
-from harness.trainer import COLLAPSE_WINDOW, TrainingStopped, stop_reason
+from harness.loop.trainer import COLLAPSE_WINDOW, TrainingStopped, stop_reason
+from harness.runs.results_file import read_results
+from harness.runs.sweep import SweepSpec, load_sweep_file, plan_runs, run_sweep
 
 SWEEP_TOML = """\
 [sweep]
@@ -182,7 +182,7 @@ def test_sweep_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
 
 
 def test_memory_budget_gives_each_objective_the_largest_fitting_nt(tmp_path: Path) -> None:
-    from harness.budget import fit_nts, parse_size
+    from harness.runs.budget import fit_nts, parse_size
 
     assert parse_size("80GiB") == 80 * 2**30 and parse_size("1.5 MB") == 1_500_000 and parse_size("512mib") == 2**29
     for bad in ("80", "80XB", "-1GiB", "GiB", "0MiB"):
@@ -206,7 +206,7 @@ def test_memory_budget_gives_each_objective_the_largest_fitting_nt(tmp_path: Pat
 
 def test_budget_bench_at_a_model_shape(tmp_path: Path) -> None:
     """The GPU benchmark's code path on CPU: a random llama-tiny, BGPO flat in n_t, VRPO-OL growing."""
-    from harness.budget import budget_bench, budget_markdown
+    from harness.runs.budget import budget_bench, budget_markdown
 
     def run(budget: int) -> dict:
         return budget_bench("llama-tiny", ["bgpo", "vrpo"], [1, 2, 4], budget, torch.device("cpu"), torch.float32,

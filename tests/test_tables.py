@@ -8,7 +8,7 @@ max over steps of each category separately; step time as the median over the ste
 
 from __future__ import annotations
 
-from harness.tables import HEADERS, comparison_table, markdown_table
+from harness.report.tables import HEADERS, comparison_table, markdown_table
 
 METRIC = "cell_accuracy"
 

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from harness.config import RolloutConfig
-from harness.policy import Policy
-from harness.rollout import generate
-from harness.stats import Estimate, bootstrap_mean
+from harness.loop.stats import Estimate, bootstrap_mean
+from harness.model.policy import Policy
+from harness.model.rollout import RolloutConfig, generate
 from tasks.base import Item, Task
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol: greedy decoding of a task split, as d1 evaluates (temperature 0)."""
+
+    split: str = "test"
+    limit: int = 0
+    """Evaluate the first ``limit`` items only (0 = all)."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    batch_size: int = 100
 
 
 @dataclass(frozen=True)

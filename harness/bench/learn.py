@@ -39,16 +39,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.config import EvalConfig, RunConfig, TrainConfig
-from harness.elbo import ElboConfig
-from harness.evaluate import EvalResult
-from harness.policy import Policy
-from harness.records import environment, write_json_atomic
-from harness.registry import lookup
-from harness.schedule import evaluate_policy, expand_grid, make_task
-from harness.stats import bootstrap_mean, bootstrap_mean_clustered, mcnemar, paired_bootstrap
-from harness.tables import reward_ends, step_time
-from harness.trainer import train
+from harness.loop.evaluate import EvalConfig, EvalResult
+from harness.loop.stats import bootstrap_mean, bootstrap_mean_clustered, mcnemar, paired_bootstrap
+from harness.loop.trainer import TrainConfig, train
+from harness.model.elbo import ElboConfig
+from harness.model.policy import Policy
+from harness.report.tables import reward_ends, step_time
+from harness.runs.config import RunConfig
+from harness.runs.pipeline import evaluate_policy, expand_grid, make_task
+from harness.runs.records import environment, write_json_atomic
+from harness.runs.registry import lookup
 from objectives import OBJECTIVES
 
 LEARN_GRID: tuple[tuple[str, int | None], ...] = (("bgpo", 16), ("vrpo", 4), ("diffu-grpo", None))
@@ -329,7 +329,7 @@ def write_outputs(records: Sequence[dict[str, Any]], base: dict[str, Any], learn
     """Write summary.{md,json}, curves.csv and curves.png under ``out/learn``; return the Markdown."""
     from importlib import metadata
 
-    from harness.plots import plot_learning_curves
+    from harness.report.plots import plot_learning_curves
 
     folder = out / "learn"
     summary = summarize(records, base)

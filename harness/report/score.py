@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.stats import Estimate, bootstrap_mean
+from harness.loop.stats import Estimate, bootstrap_mean
 from tasks.base import Item, Task
 from tasks.data import DataError
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.registry import lookup
+from harness.runs.registry import lookup
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 USAGE_EXIT = 2
@@ -116,7 +116,7 @@ def metrics_table(title: str, metrics: dict) -> Table:
 
 def report(records: list[dict], title: str, out: Path) -> None:
     """Print the comparison table and write it as Markdown beside the records."""
-    from harness.tables import comparison_table, markdown_table
+    from harness.report.tables import comparison_table, markdown_table
 
     console.print(comparison_table(records, title))
     table_path = out / "compare.md"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.structs import Rollout
+from harness.model.structs import Rollout
 
 ESTIMATORS = ("t-iid", "l-stratified")
 

@@ -13,10 +13,9 @@ from typing import Annotated
 
 import typer
 
-from harness import cli_sweep
-from harness.budget import parse_size
-from harness.cli_bench import bench_app
-from harness.cli_common import (
+from harness.bench.learn import LEARN_ESTIMATOR, LEARN_LR, LEARN_TEMPERATURE
+from harness.cli.bench import bench_app
+from harness.cli.common import (
     USAGE_EXIT,
     DataDir,
     Device,
@@ -37,10 +36,13 @@ from harness.cli_common import (
     parse_ints,
     parse_names,
 )
-from harness.config import EvalConfig, RolloutConfig, TrainConfig
-from harness.learn import LEARN_ESTIMATOR, LEARN_LR, LEARN_TEMPERATURE
-from harness.registry import lookup
-from harness.sweep import COMPARE_MU, COMPARE_STEPS
+from harness.cli import sweep as cli_sweep
+from harness.loop.evaluate import EvalConfig
+from harness.loop.trainer import TrainConfig
+from harness.model.rollout import RolloutConfig
+from harness.runs.budget import parse_size
+from harness.runs.registry import lookup
+from harness.runs.sweep import COMPARE_MU, COMPARE_STEPS
 from objectives import OBJECTIVES
 from tasks import TASKS
 
@@ -76,8 +78,8 @@ def compare(
 ) -> None:
     """Train every (objective, n_t, task, seed) from the same base policy; print accuracy, memory and step time.
     Re-running resumes: finished runs (records under --out/runs) are skipped."""
-    from harness.cli_sweep import execute
-    from harness.sweep import SweepSpec
+    from harness.cli.sweep import execute
+    from harness.runs.sweep import SweepSpec
 
     names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
     tasks = parse_names("--task", task, "task", TASKS)
@@ -119,10 +121,10 @@ def eval_model(
     results/eval/."""
     import torch
 
-    from harness.device import resolve_device
-    from harness.evaluate import evaluate
-    from harness.records import environment, write_json_atomic
-    from harness.schedule import resolve_model
+    from harness.loop.evaluate import evaluate
+    from harness.model.device import resolve_device
+    from harness.runs.pipeline import resolve_model
+    from harness.runs.records import environment, write_json_atomic
 
     check_positive(gen_length=gen_length, block_length=block_length, diffusion_steps=diffusion_steps, threads=threads)
     check_non_negative(eval_limit=eval_limit)
@@ -138,7 +140,7 @@ def eval_model(
             model_path = resolve_model(model, data_dir=data_dir)
     except ValueError as error:
         fail(str(error))
-    from harness.policy import Policy
+    from harness.model.policy import Policy
 
     with console.status(f"decoding {len(items)} {task} {split} items"):
         result = evaluate(Policy.from_pretrained(model_path, device=dev), task_obj, items, rollout,
@@ -167,8 +169,8 @@ def score(
     """Score generations made elsewhere under this harness's protocol: each completion cut at its first end token,
     every metric with its 95% interval; rows that match no item are listed, never guessed; exit 1, writing nothing,
     when no row of a task matches."""
-    from harness.records import write_json_atomic
-    from harness.score import NoMatch, group_by_task, parse_eos, read_samples, score_tasks
+    from harness.report.score import NoMatch, group_by_task, parse_eos, read_samples, score_tasks
+    from harness.runs.records import write_json_atomic
 
     try:
         end_texts = parse_eos(eos)
@@ -198,7 +200,7 @@ def score(
 @app.command()
 def pretrain(data_dir: DataDir = None) -> None:
     """Build (or find in the cache) the built-in tiny model and print where it is."""
-    from harness.schedule import resolve_model
+    from harness.runs.pipeline import resolve_model
 
     with _progress() as progress:
         bar = progress.add_task("pretraining the tiny dLLM", total=None)
@@ -215,7 +217,7 @@ def list_registered(
     data_dir: DataDir = None,
 ) -> None:
     """List the objectives and tasks; with a task, its split's item count and first ids (the ids samples name)."""
-    from harness.score import item_listing
+    from harness.report.score import item_listing
 
     if task is None:
         console.print("objectives: " + ", ".join(OBJECTIVES))

@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig, settings_fingerprint
-from harness.sweep import SweepSpec, spec_from_mapping
+from harness.runs.config import RunConfig, settings_fingerprint
+from harness.runs.sweep import SweepSpec, spec_from_mapping
 
 BASELINE_SCHEMA = 1
 TOLERANCES = {"accuracy_drop_pts": 3.0, "memory_growth": 0.10, "time_ratio_growth": 1.50,
@@ -250,7 +250,7 @@ def fingerprint_problem(row: dict[str, Any], base: dict[str, Any], explain: Expl
 def stored_settings(runs_dir: Path, run_id: Any, fingerprint: Any) -> dict[str, Any] | None:
     """The protocol settings of the record ``runs_dir/<run_id>.json`` when it exists and has ``fingerprint``
     (best effort: it only explains a mismatch, so any unreadable record is None)."""
-    from harness.sweep import record_settings
+    from harness.runs.sweep import record_settings
 
     try:
         settings = record_settings(json.loads((runs_dir / f"{run_id}.json").read_text()))

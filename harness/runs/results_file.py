@@ -81,6 +81,6 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 def rewrite_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Replace the file with ``rows`` atomically (temporary file + rename)."""
-    from harness.records import write_atomic
+    from harness.runs.records import write_atomic
 
     write_atomic(path, lambda handle: handle.writelines(json.dumps(row, default=str) + "\n" for row in rows))

@@ -34,7 +34,7 @@ def reward_ends(record: dict[str, Any]) -> tuple[float, float]:
 
 def record_metric(record: dict[str, Any]) -> str:
     """The headline metric of the record's task (cell_accuracy for Sudoku, accuracy for GSM8K, ...)."""
-    from harness.registry import lookup
+    from harness.runs.registry import lookup
     from tasks import TASKS
 
     return lookup("task", record["config"]["task"], TASKS).metric

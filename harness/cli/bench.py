@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from harness.cli_common import (
+from harness.bench.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_STEPS, LEARN_TEMPERATURE
+from harness.cli.common import (
     DataDir,
     Device,
     Estimator,
@@ -26,8 +27,7 @@ from harness.cli_common import (
     parse_names,
     run_all,
 )
-from harness.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_STEPS, LEARN_TEMPERATURE
-from harness.registry import lookup
+from harness.runs.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
 
@@ -44,9 +44,9 @@ def bench_memory(
     """Peak memory of one update vs n_t on the tiny model; BGPO should stay flat, VRPO-OL grow."""
     import torch
 
-    from harness.bench import growth_ratios, memory_bench
-    from harness.records import environment, write_json_atomic
-    from harness.schedule import objective_config, resolve_model
+    from harness.bench.memory import growth_ratios, memory_bench
+    from harness.runs.pipeline import objective_config, resolve_model
+    from harness.runs.records import environment, write_json_atomic
 
     names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
     nts = sorted(parse_ints("--nt", nt))
@@ -86,8 +86,8 @@ def bench_sandbox(
     out: Out = Path("results"),
 ) -> None:
     """Programs scored per second by the code sandbox; writes results/bench/sandbox.{json,md}."""
-    from harness.sandbox_bench import bench_sandbox as run_bench
-    from harness.sandbox_bench import write_bench
+    from harness.bench.sandbox import bench_sandbox as run_bench
+    from harness.bench.sandbox import write_bench
 
     check_positive(programs=programs, workers=workers)
     with console.status(f"running {programs} programs in the sandbox, {workers} at a time"):
@@ -118,9 +118,9 @@ def bench_learn(
     results/learn/ (records, summary.md/json, curves.csv, curves.png). Stored runs are reused, not re-trained."""
     import torch
 
-    from harness.device import resolve_device
-    from harness.learn import LEARN_GRID, LearnConfig, base_evaluation, run_arm, run_configs, write_outputs
-    from harness.schedule import resolve_model
+    from harness.bench.learn import LEARN_GRID, LearnConfig, base_evaluation, run_arm, run_configs, write_outputs
+    from harness.model.device import resolve_device
+    from harness.runs.pipeline import resolve_model
 
     arms = dict(LEARN_GRID)
     names = list(dict.fromkeys(parse_names("--objectives", objectives, "learning arm", arms)))

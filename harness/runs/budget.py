@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from harness.records import environment, write_json_atomic
-from harness.registry import lookup
+from harness.runs.records import environment, write_json_atomic
+from harness.runs.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
 
@@ -48,8 +48,8 @@ def peak_bytes(row: dict[str, Any]) -> float | None:
 def probe_nts(policy: Any, batch: Any, name: str, nts: list[int], device: torch.device, budget: int | None,
               micro_batch_size: int = 0) -> list[dict[str, Any]]:
     """One measured update per n_t, ascending; stops after the first that exceeds ``budget`` or runs out of memory."""
-    from harness.bench import probe_update
-    from harness.schedule import objective_config
+    from harness.bench.memory import probe_update
+    from harness.runs.pipeline import objective_config
 
     rows = []
     for n_t in sorted(nts):
@@ -70,8 +70,8 @@ def largest_fitting(rows: list[dict[str, Any]]) -> int | None:
 
 def fit_nts(spec: Any, model_path: Path, device: torch.device, out: Path) -> dict[str, tuple[int, ...]]:
     """{objective: (largest fitting n_t,)} for each ELBO objective of ``spec``; ValueError if none fits."""
-    from harness.bench import fixed_batch
-    from harness.policy import Policy
+    from harness.bench.memory import fixed_batch
+    from harness.model.policy import Policy
 
     budget = parse_size(spec.memory_budget)
     task = lookup("task", spec.tasks[0], TASKS)(data_dir=spec.data_dir)
@@ -97,7 +97,7 @@ def fit_nts(spec: Any, model_path: Path, device: torch.device, out: Path) -> dic
 def budget_bench(shape: str, names: list[str], nts: list[int], budget: int, device: torch.device, dtype: torch.dtype,
                  sequences: int, prompt_length: int, gen_length: int, micro_batch_size: int) -> dict[str, Any]:
     """Measure every (objective, n_t) at a model shape until out of memory; mark what fits ``budget``."""
-    from harness.bench import MODEL_SHAPES, shaped_policy, synthetic_batch
+    from harness.bench.memory import MODEL_SHAPES, shaped_policy, synthetic_batch
 
     if shape not in MODEL_SHAPES:
         raise ValueError(f"--shape {shape!r}: unknown (known: {', '.join(MODEL_SHAPES)})")

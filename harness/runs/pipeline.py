@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from harness.config import RunConfig
-from harness.evaluate import EvalResult, evaluate
-from harness.policy import Policy
-from harness.records import environment
-from harness.registry import lookup
-from harness.tiny import TinyConfig, tiny_model_path
-from harness.trainer import train
+from harness.loop.evaluate import EvalResult, evaluate
+from harness.loop.trainer import train
+from harness.model.policy import Policy
+from harness.model.tiny import TinyConfig, tiny_model_path
+from harness.runs.config import RunConfig
+from harness.runs.records import environment
+from harness.runs.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from harness.policy import Policy
+from harness.model.policy import Policy
 
 CACHE_ENV = "DLLM_HARNESS_CACHE"
 SFT_EPS = 1e-3  # LLaDA's lower clamp of the SFT noise level

@@ -47,7 +47,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                             "platform": platform.platform()}
     if device.type == "cuda":
-        from harness.device import accelerator_name
+        from harness.model.device import accelerator_name
 
         info["name"] = accelerator_name(device)
     else:

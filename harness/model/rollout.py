@@ -34,12 +34,42 @@ Departures from LLaDA's ``generate.py``, each deliberate:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from harness.config import RolloutConfig
-from harness.structs import Rollout
+from harness.model.structs import Rollout
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """LLaDA decoding protocol (low-confidence remasking, semi-autoregressive blocks)."""
+
+    gen_length: int = 24
+    """Completion length L in tokens; the completion starts as L mask tokens."""
+    block_length: int = 8
+    """Semi-autoregressive block size; must divide gen_length."""
+    steps: int = 12
+    """Total denoising steps; steps / (gen_length / block_length) per block, must divide evenly."""
+    temperature: float = 0.0
+    """Gumbel-max temperature; 0 is greedy."""
+    remasking: str = "low_confidence"
+    """'low_confidence' (LLaDA default) or 'random'."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the protocol is inconsistent."""
+        if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
+            raise ValueError(f"gen_length, block_length and steps must be positive, got {self}")
+        if self.gen_length % self.block_length:
+            raise ValueError(f"block_length={self.block_length} must divide gen_length={self.gen_length}")
+        blocks = self.gen_length // self.block_length
+        if self.steps % blocks:
+            raise ValueError(f"steps={self.steps} must be a multiple of the number of blocks ({blocks})")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.remasking not in ("low_confidence", "random"):
+            raise ValueError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
 
 LOW_CONFIDENCE = "low_confidence"
 """Remasking rule: reveal the positions whose sampled token the model is most sure of (LLaDA's default)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
-from harness.results_file import OUTCOMES
+from harness.runs.results_file import OUTCOMES
 
 CSV_FIELDS = ("task", "objective", "n_t", "mu", "steps", "metric", "seeds", "outcomes", "interval", "after_pct",
               "after_low_pct", "after_high_pct", "before_pct", "delta_pts", "peak_total_mb", "peak_activations_mb",

@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from harness.config import RolloutConfig
-from harness.measure import track_peak_memory
-from harness.policy import Policy
-from harness.rollout import generate
-from harness.structs import Batch
+from harness.loop.measure import track_peak_memory
+from harness.model.policy import Policy
+from harness.model.rollout import RolloutConfig, generate
+from harness.model.structs import Batch
 from tasks.base import Task
 
 
@@ -76,7 +75,7 @@ def shaped_policy(shape: dict[str, int | float], device: torch.device, dtype: to
     """A random-weight bidirectional Llama of ``shape`` built directly on ``device`` in ``dtype``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.tiny import build_tokenizer
+    from harness.model.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(**shape, max_position_embeddings=4096, is_causal=False, tie_word_embeddings=False)
@@ -87,7 +86,7 @@ def shaped_policy(shape: dict[str, int | float], device: torch.device, dtype: to
 
 def synthetic_batch(policy: Policy, sequences: int, prompt_length: int, gen_length: int, seed: int = 0) -> Batch:
     """``sequences`` random prompts + full-length completions (one group, advantages alternating +-1)."""
-    from harness.structs import Rollout
+    from harness.model.structs import Rollout
 
     generator = torch.Generator().manual_seed(seed)
     high = min(len(policy.tokenizer), 256)  # byte tokens: never the mask, EOS or pad id

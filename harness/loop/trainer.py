@@ -13,18 +13,49 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
 
-from harness.advantages import frac_zero_std, group_advantages
-from harness.config import TrainConfig
-from harness.measure import Meter
-from harness.policy import Policy
-from harness.rollout import generate
-from harness.structs import Batch
+from harness.loop.advantages import frac_zero_std, group_advantages
+from harness.loop.measure import Meter
+from harness.model.policy import Policy
+from harness.model.rollout import RolloutConfig, generate
+from harness.model.structs import Batch
 from objectives.base import Objective
 from tasks.base import Item, Task
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The RL loop: batch shape, optimiser, schedule. Defaults fit a laptop CPU run on the tiny model."""
+
+    steps: int = 30
+    """Rollout batches (each followed by mu optimizer updates)."""
+    prompts_per_step: int = 8
+    """B: prompts per rollout batch."""
+    group_size: int = 8
+    """G: completions per prompt (group advantages need G >= 2)."""
+    mu: int = 1
+    """Optimizer updates per rollout batch; 1 is on-policy, later updates replay the stored draws off-policy."""
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, in optimizer updates."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.9))
+    """Decoding protocol of the training rollouts."""
+    track_memory_steps: int = 1
+    """Steps (from the first) whose memory is tracked on CPU; the tracker slows them, so times use the others."""
+
+    def validate(self) -> None:
+        for name in ("steps", "prompts_per_step", "mu"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
+        self.rollout.validate()
 
 SEED_STRIDE = 1_000_003  # separates per-step seeds of runs with different base seeds
 COLLAPSE_WINDOW = 10

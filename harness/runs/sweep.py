@@ -25,11 +25,13 @@ from typing import Any
 
 import torch
 
-from harness.config import EvalConfig, RunConfig, TrainConfig
-from harness.elbo import ElboConfig
-from harness.records import write_json_atomic
-from harness.registry import lookup
-from harness.results_file import RESULTS_NAME, ROW_SCHEMA, append_row, rewrite_rows
+from harness.loop.evaluate import EvalConfig
+from harness.loop.trainer import TrainConfig
+from harness.model.elbo import ElboConfig
+from harness.runs.config import RunConfig
+from harness.runs.records import write_json_atomic
+from harness.runs.registry import lookup
+from harness.runs.results_file import RESULTS_NAME, ROW_SCHEMA, append_row, rewrite_rows
 from objectives import OBJECTIVES
 from tasks import TASKS
 
@@ -47,7 +49,7 @@ COMPARE_MU = 2
 
 def compare_train_config() -> TrainConfig:
     """The default comparison's training settings: the learning benchmark's recipe, shortened (issue #4)."""
-    from harness.learn import LEARN_LR, LEARN_TEMPERATURE
+    from harness.bench.learn import LEARN_LR, LEARN_TEMPERATURE
 
     rollout = dataclasses.replace(TrainConfig().rollout, temperature=LEARN_TEMPERATURE)
     return TrainConfig(steps=COMPARE_STEPS, mu=COMPARE_MU, lr=LEARN_LR, rollout=rollout)
@@ -76,7 +78,7 @@ class SweepSpec:
 
 def plan_runs(spec: SweepSpec, nts_by_objective: dict[str, tuple[int, ...]] | None = None) -> list[RunConfig]:
     """Every run of the grid, in the sweep's fixed order."""
-    from harness.schedule import expand_grid
+    from harness.runs.pipeline import expand_grid
 
     runs = []
     for task in spec.tasks:
@@ -199,7 +201,7 @@ Runner = Callable[[RunConfig, dict[str, Any], Callable[[int, dict[str, float]], 
 def run_outcome(run: Runner, cfg: RunConfig, before: dict[str, Any],
                 on_step: Callable[[int, dict[str, float]], None]) -> dict[str, Any]:
     """Run one configuration; an OOM, NaN, collapse or other exception becomes a failed record, not a crash."""
-    from harness.trainer import TrainingStopped
+    from harness.loop.trainer import TrainingStopped
 
     try:
         return {"outcome": "ok", **run(cfg, before, on_step)}
@@ -218,7 +220,7 @@ def run_outcome(run: Runner, cfg: RunConfig, before: dict[str, Any],
 
 def result_row(record: dict[str, Any]) -> dict[str, Any]:
     """The results-file row of a run record (summary numbers only; the record keeps per-step and per-item data)."""
-    from harness.tables import peak_memory, record_metric, step_time
+    from harness.report.tables import peak_memory, record_metric, step_time
 
     cfg, metric = record["config"], record_metric(record)
     steps = record.get("steps") or []
@@ -243,7 +245,7 @@ def result_row(record: dict[str, Any]) -> dict[str, Any]:
 def record_settings(record: dict[str, Any]) -> dict[str, Any]:
     """The protocol settings (``config.protocol_settings``) of a record, also of one written before records stored
     them: those lack ``world_size`` (they ran in one process) and maybe ``task_version`` (the task's current one)."""
-    from harness.config import protocol_settings
+    from harness.runs.config import protocol_settings
 
     config = record["config"]
     version = record.get("task_version") or lookup("task", config["task"], TASKS).version
@@ -252,7 +254,7 @@ def record_settings(record: dict[str, Any]) -> dict[str, Any]:
 
 def record_fingerprint(record: dict[str, Any]) -> str:
     """The protocol fingerprint a record has or, written before records stored one, would have had."""
-    from harness.config import settings_fingerprint
+    from harness.runs.config import settings_fingerprint
 
     return record.get("fingerprint") or settings_fingerprint(record_settings(record))
 
@@ -277,16 +279,16 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None],
 
     from accelerate import PartialState
 
-    from harness.device import resolve_device
-    from harness.policy import Policy
-    from harness.schedule import evaluate_policy, resolve_model, run_one
+    from harness.model.device import resolve_device
+    from harness.model.policy import Policy
+    from harness.runs.pipeline import evaluate_policy, resolve_model, run_one
 
     device = resolve_device(spec.device)
     torch.set_num_threads(spec.threads)
     model_path = resolve_model(spec.model, data_dir=spec.data_dir)
     nts_by_objective = {}
     if spec.memory_budget:
-        from harness.budget import fit_nts
+        from harness.runs.budget import fit_nts
 
         nts_by_objective = fit_nts(spec, model_path, device, out)
     runs = plan_runs(spec, nts_by_objective)
@@ -324,8 +326,8 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None],
 def outcome_record(cfg: RunConfig, outcome: dict[str, Any], before: dict[str, Any], model_path: Path,
                    device: torch.device) -> dict[str, Any]:
     """A finished run's record; a failed run gets the same shape with its outcome, error and steps so far."""
-    from harness.records import environment
-    from harness.schedule import protocol_fields
+    from harness.runs.pipeline import protocol_fields
+    from harness.runs.records import environment
 
     if outcome["outcome"] == "ok":
         return outcome

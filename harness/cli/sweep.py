@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from harness.cli_common import DataDir, Device, Out, console, fail, progress_bars, report
-from harness.sweep import SweepSpec
+from harness.cli.common import DataDir, Device, Out, console, fail, progress_bars, report
+from harness.runs.sweep import SweepSpec
 
 ERRORED_EXIT = 1
 
@@ -25,7 +25,7 @@ def warn(message: str) -> None:
 
 def execute(spec: SweepSpec, out: Path, title: str, name: str = "") -> None:
     """Run ``spec`` into ``out`` (skipping finished runs), print and write the table; exit 1 if a run errored."""
-    from harness.sweep import failed, plan_runs, run_sweep
+    from harness.runs.sweep import failed, plan_runs, run_sweep
 
     try:
         plan_runs(spec)  # names checked before anything runs
@@ -51,7 +51,7 @@ def sweep(
     data_dir: DataDir = None,
 ) -> None:
     """Run the grid of a sweep file; re-running resumes (finished runs are skipped)."""
-    from harness.sweep import load_sweep_file
+    from harness.runs.sweep import load_sweep_file
 
     try:
         spec = load_sweep_file(file, SweepSpec(data_dir=data_dir))
@@ -67,8 +67,8 @@ def leaderboard(
     title: Annotated[str, typer.Option(help="Page title.")] = "dllm-rl-harness leaderboard",
 ) -> None:
     """Markdown, CSV and a static HTML page (sortable table, memory/accuracy vs n_t, reward curves)."""
-    from harness.leaderboard import write_leaderboard
-    from harness.results_file import read_results
+    from harness.report.leaderboard import write_leaderboard
+    from harness.runs.results_file import read_results
 
     rows = []
     for path in results or [Path("results/results.jsonl")]:
@@ -93,9 +93,16 @@ def check(
 ) -> None:
     """Exit 1 when accuracy drops, memory grows or step time grows beyond the baseline's tolerances, when a figure
     is missing or when a run's protocol differs from the baseline's; exit 2 on an unreadable file or row."""
-    from harness.check import GATE_KEYS, compare_to_baseline, load_baseline, make_baseline, record_explainer, spec_of
-    from harness.records import write_json_atomic
-    from harness.results_file import read_results
+    from harness.runs.check import (
+        GATE_KEYS,
+        compare_to_baseline,
+        load_baseline,
+        make_baseline,
+        record_explainer,
+        spec_of,
+    )
+    from harness.runs.records import write_json_atomic
+    from harness.runs.results_file import read_results
 
     try:
         stored = None if update and not baseline.exists() else load_baseline(baseline)
@@ -138,10 +145,10 @@ def bench_budget(
     """Peak memory of one update vs n_t at a real model's shape, and the n_t each objective gets in the budget."""
     import torch
 
-    from harness.budget import budget_bench, budget_markdown, parse_size
-    from harness.cli_common import check_non_negative, check_positive, parse_ints, parse_names
-    from harness.device import resolve_device
-    from harness.records import write_json_atomic
+    from harness.cli.common import check_non_negative, check_positive, parse_ints, parse_names
+    from harness.model.device import resolve_device
+    from harness.runs.budget import budget_bench, budget_markdown, parse_size
+    from harness.runs.records import write_json_atomic
     from objectives import OBJECTIVES
 
     names = parse_names("--objectives", objectives, "objective", OBJECTIVES)

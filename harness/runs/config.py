@@ -7,77 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    """LLaDA decoding protocol (low-confidence remasking, semi-autoregressive blocks)."""
-
-    gen_length: int = 24
-    """Completion length L in tokens; the completion starts as L mask tokens."""
-    block_length: int = 8
-    """Semi-autoregressive block size; must divide gen_length."""
-    steps: int = 12
-    """Total denoising steps; steps / (gen_length / block_length) per block, must divide evenly."""
-    temperature: float = 0.0
-    """Gumbel-max temperature; 0 is greedy."""
-    remasking: str = "low_confidence"
-    """'low_confidence' (LLaDA default) or 'random'."""
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field when the protocol is inconsistent."""
-        if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
-            raise ValueError(f"gen_length, block_length and steps must be positive, got {self}")
-        if self.gen_length % self.block_length:
-            raise ValueError(f"block_length={self.block_length} must divide gen_length={self.gen_length}")
-        blocks = self.gen_length // self.block_length
-        if self.steps % blocks:
-            raise ValueError(f"steps={self.steps} must be a multiple of the number of blocks ({blocks})")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.remasking not in ("low_confidence", "random"):
-            raise ValueError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The RL loop: batch shape, optimiser, schedule. Defaults fit a laptop CPU run on the tiny model."""
-
-    steps: int = 30
-    """Rollout batches (each followed by mu optimizer updates)."""
-    prompts_per_step: int = 8
-    """B: prompts per rollout batch."""
-    group_size: int = 8
-    """G: completions per prompt (group advantages need G >= 2)."""
-    mu: int = 1
-    """Optimizer updates per rollout batch; 1 is on-policy, later updates replay the stored draws off-policy."""
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up, in optimizer updates."""
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.9))
-    """Decoding protocol of the training rollouts."""
-    track_memory_steps: int = 1
-    """Steps (from the first) whose memory is tracked on CPU; the tracker slows them, so times use the others."""
-
-    def validate(self) -> None:
-        for name in ("steps", "prompts_per_step", "mu"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
-        self.rollout.validate()
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation protocol: greedy decoding of a task split, as d1 evaluates (temperature 0)."""
-
-    split: str = "test"
-    limit: int = 0
-    """Evaluate the first ``limit`` items only (0 = all)."""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    batch_size: int = 100
+from harness.loop.evaluate import EvalConfig
+from harness.loop.trainer import TrainConfig
 
 
 @dataclass(frozen=True)
