@@ -91,9 +91,9 @@ def make_policy(dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int =
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from harness.model.policy import Policy
-    from harness.model.tiny import build_tokenizer
+    from harness.runs.pretrain import tiny_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = tiny_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=128, is_causal=False, initializer_range=0.2)

@@ -31,9 +31,10 @@ def value_and_grad(policy, objective, prepared, inner: int) -> tuple[float, torc
 def tiny_architecture_policy():
     """The built-in tiny dLLM's architecture and tokenizer (randomly initialised, not pretrained), in float64."""
     from harness.model.policy import Policy
-    from harness.model.tiny import TinyConfig, build_model, build_tokenizer
+    from harness.model.tiny import TinyConfig, build_model
+    from harness.runs.pretrain import tiny_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = tiny_tokenizer()
     return Policy(build_model(TinyConfig(), len(tokenizer)).double(), tokenizer)
 
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import save_model
 from typer.testing import CliRunner
 
-from harness.bench.learn import CHECKPOINT_RULE, CSV_COLUMNS, curve_rows, paired_test, score_table, summarize
 from harness.bench import learn
+from harness.bench.learn import CHECKPOINT_RULE, CSV_COLUMNS, curve_rows, paired_test, score_table, summarize
 from harness.cli.main import app, main
 from harness.report.plots import plot_learning_curves
 

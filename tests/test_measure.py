@@ -3,6 +3,7 @@ the BGPO vs VRPO-OL activation-memory property (n_t graphs alive at once versus 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -192,17 +193,35 @@ def test_tracker_overhead_is_reported() -> None:
     model = tiny_llama()
     optimizer = torch.optim.AdamW(model.parameters())
 
-    def median_step_seconds(track_memory: bool) -> float:
+    def timed_steps(track_memory: bool) -> list[tuple[float, MeterReading]]:
         meter = Meter(model=model, optimizer=optimizer, track_memory=track_memory)
-        seconds = []
+        steps = []
         for _ in range(3):
             start = time.perf_counter()
-            rl_shaped_step(meter, model, optimizer, graphs_alive=1)
-            seconds.append(time.perf_counter() - start)
-        return sorted(seconds)[1]
+            reading = rl_shaped_step(meter, model, optimizer, graphs_alive=1)
+            steps.append((time.perf_counter() - start, reading))
+        return steps
 
-    plain, tracked = median_step_seconds(False), median_step_seconds(True)
-    print(f"\nstep time: untracked {plain * 1e3:.1f} ms, tracked {tracked * 1e3:.1f} ms ({tracked / plain:.1f}x)")
+    untracked, tracked_steps = timed_steps(False), timed_steps(True)
+    for wall, reading in untracked + tracked_steps:
+        assert set(reading.times_s) == {"rollout", "update"}
+        assert all(math.isfinite(t) and t > 0 for t in reading.times_s.values()), reading.times_s
+        assert sum(reading.times_s.values()) <= wall  # the phases ran inside the step timed around them
+        metrics = reading.to_metrics()
+        assert {name: metrics[f"time/{name}_s"] for name in reading.times_s} == reading.times_s
+    assert all(reading.peak is None for _, reading in untracked)
+    peaks = [reading.peak for _, reading in tracked_steps]
+    assert all(peak is not None for peak in peaks)
+    assert peaks[0] == peaks[1] == peaks[2]  # the same warm step every time: the split is exact, not sampled
+    for peak in peaks:
+        assert_parts_add_up(peak)
+        assert peak.params == param_bytes(model) + tensor_bytes(model.buffers())
+        assert peak.grads > 0 and peak.optimizer > 0 and peak.activations > 0
+    plain = sorted(wall for wall, _ in untracked)[1]
+    tracked = sorted(wall for wall, _ in tracked_steps)[1]
+    overhead = tracked / plain
+    assert plain > 0 and tracked > 0 and math.isfinite(overhead) and overhead > 0
+    print(f"\nstep time: untracked {plain * 1e3:.1f} ms, tracked {tracked * 1e3:.1f} ms ({overhead:.1f}x)")
 
 
 def test_meter_sums_reentered_phases_and_resets_after_read() -> None:

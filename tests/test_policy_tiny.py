@@ -10,8 +10,10 @@ import torch
 from conftest import make_batch, make_policy
 
 import harness.model.tiny as tiny
+import harness.runs.pretrain as recipe
 from harness.model.policy import Policy, PolicyError
-from harness.model.tiny import TinyConfig, build_tokenizer, pretrain, sft_loss, tiny_model_path
+from harness.model.tiny import TinyConfig, sft_loss
+from harness.runs.pretrain import pretrain, tiny_model_path, tiny_tokenizer
 from tasks.sudoku import PUZZLE_LEAD, SUDOKU_INSTRUCTION, Sudoku, generate_puzzles
 
 SMALL = TinyConfig(pretrain_steps=2, batch_size=4, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64)
@@ -32,7 +34,7 @@ def test_encode_prompts_left_pads_with_the_pad_id_and_marks_real_tokens(policy64
 
 
 def test_the_sudoku_instruction_paragraph_is_one_token_and_digits_are_single_tokens() -> None:
-    tok = build_tokenizer()
+    tok = tiny_tokenizer()
     instruction = tok(SUDOKU_INSTRUCTION + PUZZLE_LEAD, add_special_tokens=False)["input_ids"]
     assert len(instruction) == 1
     digits = [tok(str(i), add_special_tokens=False)["input_ids"] for i in range(10)]
@@ -46,13 +48,13 @@ def test_the_sudoku_instruction_paragraph_is_one_token_and_digits_are_single_tok
 
 
 def test_decode_of_encode_is_the_identity_on_arbitrary_text() -> None:
-    tok = build_tokenizer()
+    tok = tiny_tokenizer()
     text = "<|user|>Héllo, wörld! 0123 <answer>\n1234</answer>\t✓<|assistant|>"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
 def test_policy_rejects_a_pad_id_equal_to_the_mask_id() -> None:
-    tok = build_tokenizer()
+    tok = tiny_tokenizer()
     with pytest.raises(PolicyError, match="pad id 258 equals the mask id"):
         Policy(torch.nn.Linear(1, 1), tok, mask_id=tok.pad_token_id)
 
@@ -122,7 +124,7 @@ def test_tiny_model_path_builds_once_and_then_returns_the_cached_folder(tmp_path
     def no_retraining(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("tiny_model_path retrained a cached model")
 
-    monkeypatch.setattr(tiny, "pretrain", no_retraining)
+    monkeypatch.setattr(recipe, "pretrain", no_retraining)
     assert tiny_model_path(SMALL) == folder
     loaded = Policy.from_pretrained(folder).model.state_dict()
     expected = pretrained.model.state_dict()

@@ -8,30 +8,17 @@ n_t graphs alive, so its peak should grow about linearly.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.loop.measure import track_peak_memory
 from harness.model.policy import Policy
-from harness.model.rollout import RolloutConfig, generate
 from harness.model.structs import Batch
+from harness.runs.budget import fixed_batch, largest_fitting, peak_bytes, probe_nts, probe_update
+from harness.runs.records import environment
 from tasks.base import Task
-
-
-def fixed_batch(policy: Policy, task: Task, prompts: int, group: int, seed: int) -> Batch:
-    """One rollout batch (sampled at temperature 0.9) reused by every configuration of the benchmark."""
-    items = list(task.load("train")[:prompts])
-    group_items = [item for item in items for _ in range(group)]
-    ids, mask = policy.encode_prompts([task.prompt(it) for it in group_items])
-    rollout = generate(policy, ids, mask, RolloutConfig(temperature=0.9), torch.Generator().manual_seed(seed))
-    rewards = torch.tensor([task.reward(it, t) for it, t in zip(group_items, rollout.texts, strict=True)])
-    # Alternating-sign advantages exercise both of BGPO's branches whatever the rewards are.
-    advantages = torch.tensor([1.0, -1.0]).repeat(len(group_items) // 2 + 1)[:len(group_items)]
-    return Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=group, seed=seed)
 
 
 def measure_update(model_path: Path, objective: Any, batch: Batch, device: torch.device) -> dict[str, Any]:
@@ -99,30 +86,38 @@ def synthetic_batch(policy: Policy, sequences: int, prompt_length: int, gen_leng
     return Batch(rollout=rollout, rewards=advantages.clone(), advantages=advantages, group_size=sequences, seed=seed)
 
 
-def probe_update(policy: Policy, objective: Any, batch: Batch, device: torch.device) -> dict[str, Any]:
-    """Peak memory of one AdamW update of ``objective`` on a live policy; an OOM is a result ('oom')."""
-    # foreach=False: a per-parameter loop keeps AdamW's temporaries to one parameter's size, so the peak reflects
-    # the objective and the state (2 x params), not a whole-model copy made by the fused multi-tensor kernels.
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-6, foreach=False)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    try:
-        with track_peak_memory(policy.model, optimizer, device) as peak:
-            prepared = objective.prepare(policy, batch, 1)
-            for term in objective.loss_terms(policy, prepared, 0):
-                term.loss.backward()
-            optimizer.step()
-        row = {"outcome": "ok", **peak.split.to_mb(), "time/update_tracked_s": time.perf_counter() - started}
-        if device.type == "cuda":
-            row["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            row["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
-    except torch.OutOfMemoryError:
-        row = {"outcome": "oom"}
-    finally:
-        optimizer.zero_grad(set_to_none=True)
-        del optimizer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return row
+def budget_bench(shape: str, names: list[str], nts: list[int], budget: int, device: torch.device, dtype: torch.dtype,
+                 sequences: int, prompt_length: int, gen_length: int, micro_batch_size: int) -> dict[str, Any]:
+    """Measure every (objective, n_t) at a model shape until out of memory; mark what fits ``budget``."""
+    if shape not in MODEL_SHAPES:
+        raise ValueError(f"--shape {shape!r}: unknown (known: {', '.join(MODEL_SHAPES)})")
+    policy = shaped_policy(MODEL_SHAPES[shape], device, dtype)
+    batch = synthetic_batch(policy, sequences, prompt_length, gen_length)
+    rows = []
+    for name in names:
+        for row in probe_nts(policy, batch, name, nts, device, None, micro_batch_size):
+            peak = peak_bytes(row)
+            rows.append({**row, "fits": peak is not None and peak <= budget})
+    chosen = {name: largest_fitting([r for r in rows if r["objective"] == name]) for name in names}
+    params = sum(p.numel() for p in policy.model.parameters())
+    return {"shape": shape, "parameters": params, "dtype": str(dtype).removeprefix("torch."), "budget_bytes": budget,
+            "sequences": sequences, "prompt_length": prompt_length, "gen_length": gen_length,
+            "micro_batch_size": micro_batch_size, "rows": rows, "chosen": chosen, **environment(device)}
+
+
+def budget_markdown(result: dict[str, Any], budget_text: str) -> str:
+    lines = [f"# Budget-matched n_t at the {result['shape']} shape ({result['parameters'] / 1e9:.2f}B parameters, "
+             f"{result['dtype']}, {result['device']['name']})", "",
+             f"One AdamW update on {result['sequences']} sequences of {result['prompt_length']} prompt + "
+             f"{result['gen_length']} completion tokens, micro-batch {result['micro_batch_size']} sequence(s), random "
+             f"weights. Budget {budget_text}: the largest n_t whose measured peak fits.", "",
+             "| objective | n_t | outcome | peak total MB (MemTracker) | peak activations MB | CUDA max allocated MB "
+             f"| fits {budget_text} |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cells = [r["objective"], str(r["n_t"]), r["outcome"]]
+        cells += [f"{r[k]:.0f}" if k in r else "-" for k in ("mem/peak_total_mb", "mem/peak_activations_mb",
+                                                              "cuda_max_allocated_mb")]
+        lines.append("| " + " | ".join([*cells, "yes" if r["fits"] else "no"]) + " |")
+    lines += ["", *(f"- {name}: n_t = {n_t}" if n_t else f"- {name}: nothing fits"
+                    for name, n_t in result["chosen"].items())]
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,5 @@
-"""`harness bench ...`: the benchmarks (figures under results/bench and results/learn). Kept apart from
-`harness/cli.py` so that file holds the everyday commands; `harness bench budget` lives with the sweeps
-(`harness/cli_sweep.py`), whose memory-budget code it shares."""
+"""`harness bench ...`: the benchmarks (figures under OUT/bench and OUT/learn; the committed ones under results/,
+written with --out results)."""
 
 from __future__ import annotations
 
@@ -9,35 +8,33 @@ from typing import Annotated
 
 import typer
 
-from harness.bench.learn import LEARN_ESTIMATOR, LEARN_EVAL_EVERY, LEARN_STEPS, LEARN_TEMPERATURE
 from harness.cli.common import (
+    LOCAL,
     DataDir,
     Device,
-    Estimator,
-    EvalLimit,
-    Model,
     Out,
-    Temperature,
     Threads,
     check_non_negative,
     check_positive,
+    command,
     console,
     fail,
     parse_ints,
     parse_names,
-    run_all,
+    spec_command,
 )
 from harness.runs.registry import lookup
+from harness.runs.sweep import RECIPES, SweepSpec
 from objectives import OBJECTIVES
 from tasks import TASKS
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks (figures under results/bench).")
 
-@bench_app.command("memory")
+@command(bench_app, "memory")
 def bench_memory(
     objectives: Annotated[str, typer.Option(help="Comma list of ELBO objectives.")] = "bgpo,vrpo",
     nt: Annotated[str, typer.Option(help="Comma list of n_t.")] = "1,2,4,8,16,32",
-    out: Out = Path("results"),
+    out: Out = LOCAL,
     data_dir: DataDir = None,
     threads: Threads = 2,
 ) -> None:
@@ -45,18 +42,16 @@ def bench_memory(
     import torch
 
     from harness.bench.memory import growth_ratios, memory_bench
-    from harness.runs.pipeline import objective_config, resolve_model
+    from harness.runs.pipeline import resolve_model
     from harness.runs.records import environment, write_json_atomic
+    from harness.runs.sweep import objective_config
 
     names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
     nts = sorted(parse_ints("--nt", nt))
     check_positive(threads=threads)
     torch.set_num_threads(threads)
-    try:
-        model_path = resolve_model("tiny", data_dir=data_dir)
-        task = lookup("task", "sudoku", TASKS)(data_dir=data_dir)
-    except ValueError as error:
-        fail(str(error))
+    model_path = resolve_model("tiny", data_dir=data_dir)
+    task = lookup("task", "sudoku", TASKS)(data_dir=data_dir)
     grid = [(n, k, lookup("objective", n, OBJECTIVES)(objective_config(n, k))) for n in names for k in nts]
     with console.status("measuring one update per (objective, n_t) with torch's MemTracker"):
         rows = memory_bench(model_path, task, grid)
@@ -79,11 +74,11 @@ def bench_memory(
     console.print(f"written: {bench_dir / 'memory.json'}, {bench_dir / 'memory.md'}")
 
 
-@bench_app.command("sandbox")
+@command(bench_app, "sandbox")
 def bench_sandbox(
     programs: Annotated[int, typer.Option(help="Short programs to run.")] = 1000,
     workers: Annotated[int, typer.Option(help="Programs run at once.")] = 2,
-    out: Out = Path("results"),
+    out: Out = LOCAL,
 ) -> None:
     """Programs scored per second by the code sandbox; writes results/bench/sandbox.{json,md}."""
     from harness.bench.sandbox import bench_sandbox as run_bench
@@ -97,52 +92,63 @@ def bench_sandbox(
                   f"{result['wall_seconds']:.1f} s, statuses {result['statuses']}); written: {path}")
 
 
-@bench_app.command("learn")
-def bench_learn(
-    objectives: Annotated[str, typer.Option(help="Comma list of arms: bgpo (n_t=16), vrpo (n_t=4), diffu-grpo.")
-                          ] = "bgpo,vrpo,diffu-grpo",
-    seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",
-    mu: Annotated[str, typer.Option(help="Comma list of updates per rollout batch (1 = on-policy).")] = "1,2",
-    steps: Annotated[int, typer.Option(help="RL steps per run.")] = LEARN_STEPS,
-    eval_every: Annotated[int, typer.Option(help="Evaluate on the test split every N steps.")] = LEARN_EVAL_EVERY,
-    estimator: Estimator = LEARN_ESTIMATOR,
-    temperature: Temperature = LEARN_TEMPERATURE,
-    model: Model = "tiny",
-    eval_limit: EvalLimit = 0,
-    out: Out = Path("results"),
-    data_dir: DataDir = None,
-    device: Device = "cpu",
-    threads: Threads = 2,
+def run_learn(spec: SweepSpec, out: Path) -> None:
+    """The learn recipe's sweep into OUT/learn (records, results.jsonl, compare.md), then its summary."""
+    from harness.cli.sweep import execute
+    from harness.report.learn_summary import write_outputs
+    from harness.runs.check import spec_to_mapping
+    from harness.runs.sweep import run_sweep
+
+    folder = out / "learn"
+    execute(spec, folder, f"learning benchmark: {','.join(spec.tasks)}, {spec.model} model", name="learn")
+    records = [r for r in run_sweep(spec, folder, print).records if r.ok]  # all stored now: read, not re-run
+    seeds = ",".join(map(str, spec.seeds))
+    title = (f"Learning benchmark: {','.join(spec.tasks)}, {spec.model} model, {spec.train.steps} steps, seeds "
+             f"{seeds}, {len(records[0].before.items)} test puzzles")
+    console.print(write_outputs(records, spec_to_mapping(spec), folder, title))
+    console.print(f"written: {folder} (runs/, results.jsonl, summary.md, summary.json, curves.csv, curves.png)")
+
+
+spec_command(bench_app, "learn", RECIPES["learn"], run_learn, LOCAL,
+             """Train every arm x mu x seed of the learning recipe from the base policy, evaluating on the test split
+             along the way; writes OUT/learn/ (records, summary.md/json, curves.csv, curves.png). Stored runs are
+             reused, not re-trained, so re-running regenerates the summary from the records.""")
+
+
+@command(bench_app, "budget")
+def bench_budget(
+    shape: Annotated[str, typer.Option(help="Model architecture, random weights: llada-8b or llama-tiny.")
+                     ] = "llada-8b",
+    memory_budget: Annotated[str, typer.Option(help="Memory budget, e.g. 80GiB.")] = "80GiB",
+    objectives: Annotated[str, typer.Option(help="Comma list of ELBO objectives.")] = "bgpo,vrpo",
+    nt: Annotated[str, typer.Option(help="Comma list of n_t, measured in ascending order until OOM.")
+                  ] = "1,2,4,8,16,32",
+    sequences: Annotated[int, typer.Option(help="Sequences in the update batch.")] = 2,
+    prompt_length: Annotated[int, typer.Option(help="Prompt tokens per sequence.")] = 128,
+    gen_length: Annotated[int, typer.Option(help="Completion tokens per sequence (BGPO Fig. 1: 512).")] = 512,
+    micro_batch_size: Annotated[int, typer.Option(help="Sequences per forward pass (0 = all).")] = 1,
+    dtype: Annotated[str, typer.Option(help="Parameter dtype: bfloat16 or float32.")] = "bfloat16",
+    device: Device = "cuda",
+    out: Out = LOCAL,
 ) -> None:
-    """Train every arm x mu x seed from the base policy, evaluating on the test split along the way; writes
-    results/learn/ (records, summary.md/json, curves.csv, curves.png). Stored runs are reused, not re-trained."""
+    """Peak memory of one update vs n_t at a real model's shape, and the n_t each objective gets in the budget."""
     import torch
 
-    from harness.bench.learn import LEARN_GRID, LearnConfig, base_evaluation, run_arm, run_configs, write_outputs
+    from harness.bench.memory import budget_bench, budget_markdown
     from harness.model.device import resolve_device
-    from harness.runs.pipeline import resolve_model
+    from harness.runs.budget import parse_size
+    from harness.runs.records import write_json_atomic
 
-    arms = dict(LEARN_GRID)
-    names = list(dict.fromkeys(parse_names("--objectives", objectives, "learning arm", arms)))
-    seed_list = list(dict.fromkeys(parse_ints("--seeds", seeds, minimum=0)))
-    mus = sorted(set(parse_ints("--mu", mu)))
-    check_positive(steps=steps, eval_every=eval_every, threads=threads)
-    check_non_negative(eval_limit=eval_limit)
-    learn = LearnConfig(arms=tuple((n, arms[n]) for n in names), seeds=tuple(seed_list), mus=tuple(mus),
-                        steps=steps, eval_every=eval_every, eval_limit=eval_limit, estimator=estimator,
-                        temperature=temperature)
-    try:
-        dev = resolve_device(device)
-        torch.set_num_threads(threads)
-        runs = run_configs(learn, model, str(dev), threads, data_dir)
-        with console.status("preparing the base policy and its step-0 test evaluation (shared by every run)"):
-            model_path = resolve_model(model, data_dir=data_dir)
-            base = base_evaluation(runs[0], model_path, out)
-    except ValueError as error:
-        fail(str(error))
-    records = run_all(runs, lambda cfg, on_step: run_arm(cfg, learn, model_path, base, out, on_step))
-    n_items = len(base["items"])
-    title = (f"Learning benchmark: sudoku, {model} model, {steps} steps, seeds {','.join(map(str, seed_list))}, "
-             f"{n_items} test puzzles")
-    console.print(write_outputs(records, base, learn, out, title))
-    console.print(f"written: {out / 'learn'} (runs/, summary.md, summary.json, curves.csv, curves.png)")
+    names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
+    nts = parse_ints("--nt", nt)
+    check_positive(sequences=sequences, prompt_length=prompt_length, gen_length=gen_length)
+    check_non_negative(micro_batch_size=micro_batch_size)
+    if dtype not in ("bfloat16", "float32"):
+        fail(f"--dtype {dtype!r}: expected bfloat16 or float32")
+    budget = parse_size(memory_budget)
+    result = budget_bench(shape, names, nts, budget, resolve_device(device), getattr(torch, dtype), sequences,
+                          prompt_length, gen_length, micro_batch_size)
+    text = budget_markdown(result, memory_budget)
+    write_json_atomic(out / "bench" / f"budget-{shape}.json", result)
+    (out / "bench" / f"budget-{shape}.md").write_text(text)
+    console.print(text)

@@ -1,15 +1,21 @@
-"""Shared pieces of the command line: the console, option types, flag parsing and one-line failures.
+"""Shared pieces of the command line: the console, option types, one-line failures and the spec-derived options.
 
-Kept apart from `harness/cli.py` so that file holds only the commands.
+Errors are handled in one place: every command is registered through ``command``, which turns a ValueError (a bad
+name, value, file or row, raised anywhere below) into one line on stderr and exit status 2. The options of the
+commands that run sweeps are not declared here or anywhere: ``spec_command`` derives them from ``SweepSpec``'s
+fields (harness/runs/settings.py), one option per setting, its help the field's docstring and its default the
+recipe's value.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,7 +27,11 @@ from harness.runs.registry import lookup
 console = Console(width=None if sys.stdout.isatty() else 140)
 USAGE_EXIT = 2
 
-Out = Annotated[Path, typer.Option(help="Folder for run records, tables and benchmark figures.")]
+Out = Annotated[Path, typer.Option(help="Folder for records, tables and figures (the committed reference figures "
+                                         "live in results/: write there with --out results/...).")]
+LOCAL = Path("results/local")
+"""Where commands write unless told: your own runs, git-ignored; nothing writes into the committed results/ unless
+asked."""
 Threads = Annotated[int, typer.Option(help="torch CPU threads (set explicitly: oversubscription is slow).")]
 Estimator = Annotated[str, typer.Option(help="ELBO estimator of BGPO/VRPO-OL: t-iid (paper v3) or l-stratified.")]
 Model = Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")]
@@ -34,6 +44,60 @@ DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else 
 def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(USAGE_EXIT)
+
+
+def command(app: typer.Typer, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a command whose ValueErrors become one line and exit status 2 (the one error handler)."""
+    def register(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except ValueError as error:
+                fail(str(error))
+
+        return app.command(name)(wrapper)
+
+    return register
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, Path], None], out: Path,
+                 doc: str) -> None:
+    """Register command ``name`` with one option per ``SweepSpec`` setting (defaults: ``recipe``), ``--set`` for the
+    objectives' own knobs and ``--out``; it calls ``run(spec, out)`` with the spec built and checked."""
+    from harness.runs.settings import apply_settings, get, spec_settings
+    from harness.runs.sweep import validate_spec, with_objective_settings
+
+    settings = spec_settings(type(recipe))
+    varied = dict(recipe.vary)
+
+    def body(**values: Any) -> None:
+        given = {key: value for key, value in values.items() if key in settings and value is not None}
+        spec = apply_settings(recipe, given, "", flags=True)
+        spec = with_objective_settings(spec, values["set_"] or [])
+        validate_spec(spec)
+        run(spec, values["out"])
+
+    params = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None, typer.Option(s.flag, help=f"{s.help} [default: {_shown(varied.get(key, get(recipe, s.path)))}]",
+                                 metavar=s.kind.__name__.upper() + ("[,...]" if s.is_list else ""),
+                                 show_default=False)]) for key, s in settings.items()]
+    params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        list[str] | None, typer.Option("--set", help="An objective's own setting, OBJECTIVE.KEY=VALUE (e.g. "
+                                                       "bgpo.clip_eps=0.2, vrpo.elbo.estimator=t-iid); repeat.")]))
+    params.append(inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=out, annotation=Annotated[
+        Path, typer.Option(help="Folder for records and tables; re-running into it resumes (finished runs are "
+                                "skipped).")]))
+    body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    body.__doc__ = doc
+    body.__name__ = name
+    command(app, name)(body)
 
 
 def parse_names(flag: str, value: str, kind: str, table: dict) -> list[str]:

@@ -1,7 +1,8 @@
-"""The `harness` command line: typer flags mapped onto the typed configs; comma lists are parsed here, once.
+"""The `harness` command line: the everyday commands (compare, eval, score, pretrain, ls) and the app that holds the
+rest (harness/cli/sweep.py, harness/cli/bench.py).
 
 Bad input (an unknown name, a malformed number, a missing path) exits with status 2 and one line naming the culprit,
-before anything is trained or written.
+before anything is trained or written (``common.command`` and ``main``).
 """
 
 from __future__ import annotations
@@ -13,97 +14,57 @@ from typing import Annotated
 
 import typer
 
-from harness.bench.learn import LEARN_ESTIMATOR, LEARN_LR, LEARN_TEMPERATURE
+from harness.cli import sweep as cli_sweep
 from harness.cli.bench import bench_app
 from harness.cli.common import (
+    LOCAL,
     USAGE_EXIT,
     DataDir,
     Device,
-    Estimator,
     EvalLimit,
     Model,
     Out,
     Split,
     TaskName,
-    Temperature,
     Threads,
     _progress,
     check_non_negative,
     check_positive,
+    command,
     console,
-    fail,
     metrics_table,
-    parse_ints,
-    parse_names,
+    spec_command,
 )
-from harness.cli import sweep as cli_sweep
+from harness.cli.sweep import execute
 from harness.loop.evaluate import EvalConfig
-from harness.loop.trainer import TrainConfig
 from harness.model.rollout import RolloutConfig
-from harness.runs.budget import parse_size
 from harness.runs.registry import lookup
-from harness.runs.sweep import COMPARE_MU, COMPARE_STEPS
+from harness.runs.sweep import RECIPES, SweepSpec
 from objectives import OBJECTIVES
 from tasks import TASKS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Compare RL objectives for diffusion LLMs on one policy and one task suite.")
 app.add_typer(bench_app, name="bench")
-app.command()(cli_sweep.sweep)
-app.command()(cli_sweep.leaderboard)
-app.command()(cli_sweep.check)
-bench_app.command("budget")(cli_sweep.bench_budget)
-
-@app.command()
-def compare(
-    objectives: Annotated[str, typer.Option(help="Comma list of objectives (`harness ls`).")] = "bgpo,vrpo,diffu-grpo",
-    nt: Annotated[str, typer.Option(help="Comma list of n_t (ELBO Monte Carlo draws).")] = "4,16",
-    task: Annotated[str, typer.Option("--task", "--tasks", help="Comma list of tasks (`harness ls`).")] = "sudoku",
-    model: Model = "tiny",
-    seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0",
-    steps: Annotated[int, typer.Option(help="RL steps (rollout batches) per run.")] = COMPARE_STEPS,
-    mu: Annotated[int, typer.Option(help="Optimizer updates per rollout batch (1 = on-policy).")] = COMPARE_MU,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = LEARN_LR,
-    temperature: Temperature = LEARN_TEMPERATURE,
-    estimator: Estimator = LEARN_ESTIMATOR,
-    eval_limit: EvalLimit = 0,
-    memory_budget: Annotated[str | None, typer.Option(
-        help="e.g. 80GiB: each ELBO objective gets the largest --nt value whose measured peak memory fits.")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for records and tables; re-running into it resumes. The committed "
-                                           "reference runs live in results/ (made with --out results).")
-                   ] = Path("results/local"),
-    data_dir: DataDir = None,
-    device: Device = "cpu",
-    threads: Threads = 2,
-) -> None:
-    """Train every (objective, n_t, task, seed) from the same base policy; print accuracy, memory and step time.
-    Re-running resumes: finished runs (records under --out/runs) are skipped."""
-    from harness.cli.sweep import execute
-    from harness.runs.sweep import SweepSpec
-
-    names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
-    tasks = parse_names("--task", task, "task", TASKS)
-    nts, seed_list = parse_ints("--nt", nt), parse_ints("--seeds", seeds, minimum=0)
-    check_positive(steps=steps, mu=mu, threads=threads)
-    check_non_negative(eval_limit=eval_limit)
-    if temperature < 0:
-        fail(f"--temperature: {temperature} is negative")
-    if memory_budget is not None:
-        try:
-            parse_size(memory_budget)
-        except ValueError as error:
-            fail(str(error))
-    rollout = dataclasses.replace(TrainConfig().rollout, temperature=temperature)
-    train_cfg = dataclasses.replace(TrainConfig(), steps=steps, mu=mu, lr=lr, rollout=rollout)
-    spec = SweepSpec(objectives=tuple(names), nts=tuple(nts), tasks=tuple(tasks), seeds=tuple(seed_list), model=model,
-                     train=train_cfg, estimator=estimator, eval_limit=eval_limit, memory_budget=memory_budget,
-                     device=device, threads=threads, data_dir=data_dir)
-    rollouts = train_cfg.prompts_per_step * train_cfg.group_size
-    execute(spec, out, f"{','.join(tasks)} (greedy, test split), {model} model, {steps} steps x {rollouts} rollouts, "
-                       f"mu={mu}" + (f", memory budget {memory_budget}" if memory_budget else ""))
+command(app)(cli_sweep.sweep)
+command(app)(cli_sweep.leaderboard)
+command(app)(cli_sweep.check)
 
 
-@app.command(name="eval")
+def run_compare(spec: SweepSpec, out: Path) -> None:
+    rollouts = spec.train.prompts_per_step * spec.train.group_size
+    execute(spec, out, f"{','.join(spec.tasks)} (greedy, {spec.eval.split} split), {spec.model} model, "
+                       f"{spec.train.steps} steps x {rollouts} rollouts, mu={spec.train.mu}"
+                       + (f", memory budget {spec.memory_budget}" if spec.memory_budget else ""))
+
+
+spec_command(app, "compare", RECIPES["compare"], run_compare, LOCAL,
+             """Train every (task, objective, n_t, seed) from the same base policy; print accuracy, memory and step
+             time. Every setting below is a field of the sweep spec (a comma list sweeps it: --mu 1,2). Re-running
+             into --out resumes: finished runs (records under --out/runs) are skipped.""")
+
+
+@command(app, "eval")
 def eval_model(
     task: TaskName = "sudoku",
     model: Model = "tiny",
@@ -112,13 +73,13 @@ def eval_model(
     block_length: Annotated[int, typer.Option(help="Semi-autoregressive block length.")] = RolloutConfig.block_length,
     diffusion_steps: Annotated[int, typer.Option(help="Denoising steps in all.")] = RolloutConfig.steps,
     eval_limit: EvalLimit = 0,
-    out: Out = Path("results"),
+    out: Out = LOCAL,
     data_dir: DataDir = None,
     device: Device = "cpu",
     threads: Threads = 2,
 ) -> None:
     """Greedy evaluation of a model on a task split: every metric with a 95% interval, per-item records in
-    results/eval/."""
+    OUT/eval/."""
     import torch
 
     from harness.loop.evaluate import evaluate
@@ -129,17 +90,14 @@ def eval_model(
     check_positive(gen_length=gen_length, block_length=block_length, diffusion_steps=diffusion_steps, threads=threads)
     check_non_negative(eval_limit=eval_limit)
     rollout = RolloutConfig(gen_length=gen_length, block_length=block_length, steps=diffusion_steps)
-    try:
-        rollout.validate()
-        task_obj = lookup("task", task, TASKS)(data_dir=data_dir)
-        items = task_obj.load(split)
-        items = items[:eval_limit] if eval_limit else items
-        dev = resolve_device(device)
-        torch.set_num_threads(threads)
-        with console.status("preparing the model"):
-            model_path = resolve_model(model, data_dir=data_dir)
-    except ValueError as error:
-        fail(str(error))
+    rollout.validate()
+    task_obj = lookup("task", task, TASKS)(data_dir=data_dir)
+    items = task_obj.load(split)
+    items = items[:eval_limit] if eval_limit else items
+    dev = resolve_device(device)
+    torch.set_num_threads(threads)
+    with console.status("preparing the model"):
+        model_path = resolve_model(model, data_dir=data_dir)
     from harness.model.policy import Policy
 
     with console.status(f"decoding {len(items)} {task} {split} items"):
@@ -154,7 +112,7 @@ def eval_model(
     console.print(f"per-item records: {path}")
 
 
-@app.command()
+@command(app)
 def score(
     samples: Annotated[Path, typer.Argument(help="JSONL or JSON file of {id | question, completion[, task]} rows.")],
     task: Annotated[str | None, typer.Option(
@@ -163,7 +121,7 @@ def score(
     eos: Annotated[list[str] | None, typer.Option(
         help="End-of-sequence text each completion is cut at (repeat or comma list); replaces the default "
              "(LLaDA's, Dream's and the tiny model's end tokens).")] = None,
-    out: Out = Path("results"),
+    out: Out = LOCAL,
     data_dir: DataDir = None,
 ) -> None:
     """Score generations made elsewhere under this harness's protocol: each completion cut at its first end token,
@@ -183,8 +141,6 @@ def score(
     except NoMatch as error:
         print(f"error: {samples}: {error}; nothing written", file=sys.stderr)
         raise typer.Exit(1) from None
-    except ValueError as error:
-        fail(str(error))
     for name, report in reports.items():
         console.print(metrics_table(f"{name} {split}: {len(report.items)} of {report.rows} rows matched an item",
                                     report.metrics))
@@ -197,7 +153,7 @@ def score(
         console.print(f"per-row records: {path}")
 
 
-@app.command()
+@command(app)
 def pretrain(data_dir: DataDir = None) -> None:
     """Build (or find in the cache) the built-in tiny model and print where it is."""
     from harness.runs.pipeline import resolve_model
@@ -210,7 +166,7 @@ def pretrain(data_dir: DataDir = None) -> None:
     console.print(f"tiny model: {path}")
 
 
-@app.command(name="ls")
+@command(app, "ls")
 def list_registered(
     task: Annotated[str | None, typer.Argument(help="A task: print its item count and first item ids.")] = None,
     split: Split = "test",
@@ -223,10 +179,7 @@ def list_registered(
         console.print("objectives: " + ", ".join(OBJECTIVES))
         console.print("tasks: " + ", ".join(TASKS))
         return
-    try:
-        items = lookup("task", task, TASKS)(data_dir=data_dir).load(split)
-    except ValueError as error:
-        fail(str(error))
+    items = lookup("task", task, TASKS)(data_dir=data_dir).load(split)
     console.print(item_listing(task, split, items), soft_wrap=True, highlight=False)
 
 

@@ -18,23 +18,42 @@ class EvalConfig:
     """Evaluation protocol: greedy decoding of a task split, as d1 evaluates (temperature 0)."""
 
     split: str = "test"
+    """Task split evaluated: test (the reported numbers), validation (for tuning) or train."""
     limit: int = 0
-    """Evaluate the first ``limit`` items only (0 = all)."""
+    """Evaluate the first ``limit`` items only (0 = all; for quick tries, never for reported numbers)."""
+    every: int = 0
+    """Also evaluate after every ``every`` RL steps (0 = only before training and after the last step). The number
+    reported is always the last step's, never the best step's on the test set (that would overfit the test set)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Decoding protocol of the evaluation (greedy: temperature 0)."""
     batch_size: int = 100
+    """Items decoded per batch."""
+
+    def due(self, done: int, total: int) -> bool:
+        """Whether to evaluate after ``done`` of ``total`` steps: on the cadence, and always after the last."""
+        return done == total or (self.every > 0 and done % self.every == 0)
+
+    def validate(self) -> None:
+        if self.limit < 0 or self.every < 0 or self.batch_size < 1:
+            raise ValueError(f"eval limit and every must be >= 0 and batch_size >= 1, got {self}")
+        self.rollout.validate()
 
 
 @dataclass(frozen=True)
 class EvalResult:
+    """One evaluation of a policy: every metric with its interval, the items it was computed from, and when."""
+
     metrics: dict[str, Estimate]  # metric name -> mean over items with a bootstrap 95% interval
     items: list[dict]  # per item: id, completion, and every score
+    step: int = 0
+    """RL steps the evaluated policy had taken (0: the base policy)."""
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {name: {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n} for name, e in self.metrics.items()}
 
 
 def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConfig, batch_size: int = 100,
-             seed: int = 0) -> EvalResult:
+             seed: int = 0, step: int = 0) -> EvalResult:
     """Decode every item with ``cfg`` (greedy when temperature is 0) and score it with ``task.score``."""
     generator = torch.Generator().manual_seed(seed)
     records: list[dict] = []
@@ -46,4 +65,4 @@ def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConf
             records.append({"id": item.id, "completion": text, **task.score(item, text)})
     names = [k for k in records[0] if k not in ("id", "completion")] if records else []
     metrics = {name: bootstrap_mean([r[name] for r in records], seed=seed) for name in names}
-    return EvalResult(metrics=metrics, items=records)
+    return EvalResult(metrics=metrics, items=records, step=step)

@@ -319,3 +319,18 @@ class Meter:
         # Kernels run asynchronously on CUDA; without a sync the clock measures launch time, not work.
         if self._on_cuda:
             torch.cuda.synchronize(self.device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a fresh peak on CUDA (free cached blocks, reset the allocator's peak); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def device_peak_mb(device: torch.device) -> dict[str, float]:
+    """The CUDA caching allocator's peaks since ``reset_peak`` (fragmentation included), in MB; {} on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated(device) / BYTES_PER_MB,
+            "cuda_max_reserved_mb": torch.cuda.max_memory_reserved(device) / BYTES_PER_MB}

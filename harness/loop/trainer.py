@@ -14,17 +14,24 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
 from harness.loop.advantages import frac_zero_std, group_advantages
+from harness.loop.evaluate import EvalConfig, EvalResult, evaluate
 from harness.loop.measure import Meter
 from harness.model.policy import Policy
 from harness.model.rollout import RolloutConfig, generate
 from harness.model.structs import Batch
 from objectives.base import Objective
 from tasks.base import Item, Task
+
+TRAIN_TEMPERATURE = 1.3
+"""Sampling temperature of training rollouts. Measured on the tiny default (issue #4): a hotter rollout (1.3 vs 1.0
+or 0.6) kept groups diverse and gains rising for longer."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +47,15 @@ class TrainConfig:
     mu: int = 1
     """Optimizer updates per rollout batch; 1 is on-policy, later updates replay the stored draws off-policy."""
     lr: float = 1e-4
+    """AdamW learning rate. Measured on the tiny default (issue #4): lr >= 2e-4 collapsed the ELBO objectives."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up, in optimizer updates."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.9))
-    """Decoding protocol of the training rollouts."""
+    """Gradient-norm clip before every optimizer update."""
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=TRAIN_TEMPERATURE))
+    """Decoding protocol of the training rollouts (sampled; evaluation is greedy)."""
     track_memory_steps: int = 1
     """Steps (from the first) whose memory is tracked on CPU; the tracker slows them, so times use the others."""
 
@@ -56,6 +66,28 @@ class TrainConfig:
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
         self.rollout.validate()
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where accelerate's trackers (``Accelerator(log_with=...)``) send every step's metrics."""
+
+    log_with: tuple[str, ...]
+    """Tracker names accelerate knows: tensorboard, wandb, trackio, mlflow, ..."""
+    logging_dir: Path | None
+    run_name: str
+    config: dict[str, Any]
+    """The run's config, logged as the run's hyperparameters (flattened to dotted keys)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: list[dict[str, float]]
+    """Per RL step, its flat TRL-named metrics."""
+    evals: list[EvalResult]
+    """The evaluations on the cadence and after the last step, in step order."""
+    eval_seconds: float
+
 
 SEED_STRIDE = 1_000_003  # separates per-step seeds of runs with different base seeds
 COLLAPSE_WINDOW = 10
@@ -106,18 +138,7 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
     with meter.phase("update"):
         prepared = objective.prepare(policy, batch, cfg.mu)  # draws; old-policy terms for updates 1..mu-1
         for inner in range(cfg.mu):  # ALGO: update 0 is on-policy, later ones replay the same draws off-policy
-            loss = 0.0
-            for term in objective.loss_terms(policy, prepared, inner):
-                accelerator.backward(term.loss)  # frees this term's graph before the next one is built
-                loss += float(term.loss.detach())
-                for key, value in term.stats.items():
-                    stats[key].append(float(value))
-            grad_norm = accelerator.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            stats["loss/policy"].append(loss)
-            stats["grad_norm"].append(float(grad_norm))
+            update(policy, objective, prepared, inner, cfg, optimizer, scheduler, accelerator, stats)
 
     reading = meter.read()
     metrics = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
@@ -131,16 +152,58 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
     return metrics
 
 
+def update(policy: Policy, objective: Objective, prepared: Any, inner: int, cfg: TrainConfig,
+           optimizer: torch.optim.Optimizer, scheduler, accelerator: Accelerator,  # noqa: ANN001
+           stats: dict[str, list[float]]) -> None:
+    """Optimizer update ``inner`` of a rollout batch: every loss term's backward (one graph alive at a time), the
+    gradient clip, the step. The memory-budget probe (runs/budget.py) runs this same code."""
+    loss = 0.0
+    for term in objective.loss_terms(policy, prepared, inner):
+        accelerator.backward(term.loss)  # frees this term's graph before the next one is built
+        loss += float(term.loss.detach())
+        for key, value in term.stats.items():
+            stats[key].append(float(value))
+    grad_norm = accelerator.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    stats["loss/policy"].append(loss)
+    stats["grad_norm"].append(float(grad_norm))
+
+
+def make_optimizer(policy: Policy, cfg: TrainConfig):  # noqa: ANN201
+    """(AdamW, linear warm-up schedule) of a run."""
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(cfg.warmup_steps, 0)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / (warmup + 1)))
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {dotted key: scalar} (trackers take flat hyperparameters; None and lists as text)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flat_config(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, bool | int | float | str) else str(value)
+    return flat
+
+
 def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, seed: int,
-          on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Run ``cfg.steps`` RL steps on the task's train split; returns the per-step metrics.
+          evaluation: EvalConfig | None = None, eval_items: Sequence[Item] = (),
+          on_step: Callable[[int, dict[str, float]], None] | None = None,
+          tracking: Tracking | None = None) -> TrainResult:
+    """Run ``cfg.steps`` RL steps on the task's train split, evaluating on ``eval_items`` after the steps
+    ``evaluation.due`` names (the cadence and the last step); every step's metrics go to ``on_step`` (progress) and
+    to accelerate's trackers.
 
     Raises ``TrainingStopped`` after the first step whose loss or gradient is non-finite or diverged."""
     cfg.validate()
-    accelerator = Accelerator(cpu=policy.device.type == "cpu")
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(cfg.warmup_steps, 0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / (warmup + 1)))
+    accelerator = Accelerator(cpu=policy.device.type == "cpu", log_with=list(tracking.log_with) if tracking else None,
+                              project_dir=tracking.logging_dir if tracking else None)
+    if tracking:
+        accelerator.init_trackers(tracking.run_name, config=flat_config(tracking.config))
+    optimizer, scheduler = make_optimizer(policy, cfg)
     if objective.needs_reference:
         policy.snapshot_reference()
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
@@ -148,7 +211,9 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
     sampler = random.Random(seed + accelerator.process_index)
     generator = torch.Generator().manual_seed(seed + accelerator.process_index)
     meter = Meter(model=accelerator.unwrap_model(policy.model), optimizer=optimizer, device=policy.device)
-    history = []
+    history: list[dict[str, float]] = []
+    evals: list[EvalResult] = []
+    eval_seconds = 0.0
     try:
         for step in range(cfg.steps):
             meter.track_memory = step < cfg.track_memory_steps
@@ -159,10 +224,18 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
             metrics["time/step_s"] = time.perf_counter() - started
             metrics["mem_tracked"] = float(step < cfg.track_memory_steps)
             history.append(metrics)
+            accelerator.log(metrics, step=step)
             if on_step is not None:
                 on_step(step, metrics)
             if stop := stop_reason(history):
                 raise TrainingStopped(*stop, history)
+            if evaluation is not None and evaluation.due(step + 1, cfg.steps):  # the policy after step + 1 steps
+                started = time.perf_counter()
+                result = evaluate(policy, task, eval_items, evaluation.rollout, evaluation.batch_size, seed, step + 1)
+                eval_seconds += time.perf_counter() - started
+                evals.append(result)
+                accelerator.log({f"eval/{name}": e.mean for name, e in result.metrics.items()}, step=step)
     finally:  # hand the caller its plain model back however training ends (stop, OOM, error)
         policy.model = accelerator.unwrap_model(policy.model)
-    return history
+        accelerator.end_training()
+    return TrainResult(steps=history, evals=evals, eval_seconds=eval_seconds)

@@ -20,3 +20,15 @@ def resolve_device(name: str) -> torch.device:
 
 def accelerator_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so a wall-clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Hand the CUDA caching allocator's free blocks back (after an out-of-memory error); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

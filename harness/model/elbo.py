@@ -34,8 +34,10 @@ ESTIMATORS = ("t-iid", "l-stratified")
 class ElboConfig:
     """How the ELBO's Monte Carlo draws are made."""
 
-    estimator: str = "t-iid"
-    """'t-iid' (BGPO v3, i.i.d. noise level per draw) or 'l-stratified' (DARE / LLaDA 1.5 l-form)."""
+    estimator: str = "l-stratified"
+    """'l-stratified' (DARE / LLaDA 1.5 l-form) or 't-iid' (BGPO v3, i.i.d. noise level per draw). The harness's
+    default is the l-form: on the tiny default (issue #4) the t-iid form's 1/t weights gave gradient norms of 10-100
+    and no learning, the l-form learned."""
     t_min: float = 1e-3
     """Lower clamp of the noise level in the t-form: p = (1 - t_min) t + t_min (LLaDA's epsilon)."""
     length_norm: bool = False

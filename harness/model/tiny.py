@@ -2,14 +2,14 @@
 
 It is a stock ``transformers`` Llama with ``is_causal=False`` (RMSNorm, RoPE, SwiGLU and no causal mask: the LLaDA
 family) and a byte-level tokenizer made in-process with LLaDA-style special tokens (mask, EOS, pad, chat roles).
-Each task's fixed instruction paragraph is one added token, so the prompt text is exactly the papers' while the
-tiny model reads it as one symbol; everything else (the puzzle, the answer) is spelled byte by byte.
+The caller hands it the fixed instruction paragraphs of the tasks it serves; each becomes one added token, so the
+prompt text is exactly the papers' while the tiny model reads it as one symbol; everything else (the puzzle, the
+answer) is spelled byte by byte. The model knows no task: ``harness/runs/pretrain.py`` holds the recipe (which task,
+which data) and hands this module its instructions and its SFT pairs.
 
-``pretrain`` trains the base policy with LLaDA's masked-diffusion SFT loss (GUIDELINES.md: prompt never noised,
+``sft`` trains a policy with LLaDA's masked-diffusion SFT loss (GUIDELINES.md: prompt never noised,
 p_mask = (1 - eps) t + eps, cross-entropy / p_mask over masked answer tokens, EOS padding counted as answer,
-normalised by the padded answer length) on generated Sudoku puzzles, never the test puzzles, for a fixed number of
-steps chosen to leave it deliberately imperfect, so that RL has room to improve. The result is cached on disk under
-a key that hashes the config and seed, built when missing, and deterministic for a seed.
+normalised by the padded answer length). ``save`` writes a trained model to its cache folder atomically.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,15 +62,8 @@ class TinyConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def instruction_tokens() -> list[str]:
-    """Fixed instruction paragraphs of the tasks the tiny model serves (one token each)."""
-    from tasks.sudoku import PUZZLE_LEAD, SUDOKU_INSTRUCTION
-
-    return [SUDOKU_INSTRUCTION + PUZZLE_LEAD]
-
-
-def build_tokenizer():  # noqa: ANN201
-    """A byte-level tokenizer (256 byte symbols, no merges) plus special and instruction tokens."""
+def build_tokenizer(instructions: Sequence[str] = ()):  # noqa: ANN201
+    """A byte-level tokenizer (256 byte symbols, no merges) plus special tokens and one token per instruction."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -79,7 +72,7 @@ def build_tokenizer():  # noqa: ANN201
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens([AddedToken(t, normalized=False) for t in (*SPECIAL_TOKENS.values(), *ROLE_TOKENS)])
-    core.add_tokens([AddedToken(t, normalized=False) for t in (*FORMAT_TOKENS, *instruction_tokens())])
+    core.add_tokens([AddedToken(t, normalized=False) for t in (*FORMAT_TOKENS, *instructions)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, mask_token=SPECIAL_TOKENS["mask"],
                                         eos_token=SPECIAL_TOKENS["eos"], pad_token=SPECIAL_TOKENS["pad"],
                                         bos_token=SPECIAL_TOKENS["bos"])
@@ -125,25 +118,16 @@ def encode_answers(policy: Policy, texts: list[str], length: int) -> torch.Tenso
     return torch.tensor(rows, dtype=torch.long)
 
 
-def pretrain(cfg: TinyConfig, log: Callable[[int, float], None] | None = None,
-             data_dir: str | Path | None = None) -> Policy:
-    """Build the tiny model and train it with the SFT loss on generated Sudoku puzzles (never test puzzles).
-
-    ``data_dir`` locates the test puzzles, which are excluded from the generated training puzzles.
-    """
-    from tasks.sudoku import Sudoku, generate_puzzles
-
-    task = Sudoku(data_dir=data_dir)
-    tokenizer = build_tokenizer()
-    policy = Policy(build_model(cfg, len(tokenizer)), tokenizer)
-    exclude = {item.prompt_text for item in task.load("test")} | {item.prompt_text for item in task.load("validation")}
-    items = generate_puzzles(cfg.pretrain_steps * cfg.batch_size, seed=cfg.seed + 1, exclude=exclude)
+def sft(policy: Policy, pairs: Sequence[tuple[str, str]], cfg: TinyConfig,
+        log: Callable[[int, float], None] | None = None) -> Policy:
+    """Train ``policy`` with the SFT loss on (prompt text, answer text) pairs, ``cfg.batch_size`` per step, in order,
+    for ``cfg.pretrain_steps`` steps (AdamW, ``cfg.lr``); deterministic for ``cfg.seed``."""
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=0.0)
     for step in range(cfg.pretrain_steps):
-        chunk = items[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        prompt_ids, prompt_mask = policy.encode_prompts([task.prompt(it) for it in chunk])
-        answers = encode_answers(policy, [task.sft_target(it) for it in chunk], cfg.gen_length)
+        chunk = pairs[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        prompt_ids, prompt_mask = policy.encode_prompts([prompt for prompt, _ in chunk])
+        answers = encode_answers(policy, [answer for _, answer in chunk], cfg.gen_length)
         loss = sft_loss(policy, prompt_ids, prompt_mask, answers, generator)
         loss.backward()
         optimizer.step()
@@ -157,14 +141,14 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "dllm-rl-harness"))
 
 
-def tiny_model_path(cfg: TinyConfig | None = None, log: Callable[[int, float], None] | None = None,
-                    data_dir: str | Path | None = None) -> Path:
-    """Folder of the pretrained tiny model for ``cfg``, pretraining and saving it (atomically) when missing."""
-    cfg = cfg or TinyConfig()
-    folder = cache_root() / "tiny" / cfg.key()
-    if (folder / "config.json").is_file():
-        return folder
-    policy = pretrain(cfg, log, data_dir)
+def cached_folder(cfg: TinyConfig) -> Path:
+    """Where the model of ``cfg`` is cached (it exists when it holds a config.json)."""
+    return cache_root() / "tiny" / cfg.key()
+
+
+def save(policy: Policy, cfg: TinyConfig, folder: Path) -> Path:
+    """Save a trained model (weights, tokenizer, tiny_config.json) as ``folder``, atomically: built in a staging
+    folder and renamed, so a reader finds the whole model or none; another process finishing first wins."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -3,9 +3,9 @@
 This is how the BGPO paper compares BGPO with VRPO-OL: at equal memory, BGPO (one draw's graph alive at a time)
 affords many more Monte Carlo draws than VRPO-OL (all n_t graphs alive). The peak is *measured*, never guessed: one
 policy update (prepare, every loss term's backward, optimizer step) of the sweep's batch shape is run for each
-candidate n_t in ascending order, on the sweep's device, with ``bench.probe_update`` (torch's MemTracker on CPU,
-the caching allocator's peak on CUDA). An out-of-memory error counts as not fitting. The measurements are written to
-``out/memory_budget.json`` and printed.
+candidate n_t in ascending order, on the sweep's device, by the trainer's own update code (``probe_update``:
+torch's MemTracker on CPU, the caching allocator's peak on CUDA). An out-of-memory error counts as not fitting. The
+measurements are written to ``out/memory_budget.json`` and printed.
 
 Simplifications: the probe uses the first task of the sweep and one rollout batch of its train split (sequence
 lengths differ little between batches of one task); the rollout itself is not part of the probed update.
@@ -14,15 +14,22 @@ lengths differ little between batches of one task); the rollout itself is not pa
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.loop.trainer import TrainConfig, make_optimizer, update
+from harness.model.device import release_cached_memory
+from harness.model.policy import Policy
+from harness.model.rollout import generate
+from harness.model.structs import Batch
 from harness.runs.records import environment, write_json_atomic
 from harness.runs.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
+from tasks.base import Task
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -46,16 +53,15 @@ def peak_bytes(row: dict[str, Any]) -> float | None:
 
 
 def probe_nts(policy: Any, batch: Any, name: str, nts: list[int], device: torch.device, budget: int | None,
-              micro_batch_size: int = 0) -> list[dict[str, Any]]:
+              micro_batch_size: int = 0, train: TrainConfig | None = None) -> list[dict[str, Any]]:
     """One measured update per n_t, ascending; stops after the first that exceeds ``budget`` or runs out of memory."""
-    from harness.bench.memory import probe_update
-    from harness.runs.pipeline import objective_config
+    from harness.runs.sweep import objective_config
 
     rows = []
     for n_t in sorted(nts):
-        config = objective_config(name, n_t, micro_batch_size=micro_batch_size)
+        config = objective_config(name, n_t, [("micro_batch_size", micro_batch_size)])
         objective = lookup("objective", name, OBJECTIVES)(config)
-        row = {"objective": name, "n_t": n_t, **probe_update(policy, objective, batch, device)}
+        row = {"objective": name, "n_t": n_t, **probe_update(policy, objective, batch, device, train)}
         peak = peak_bytes(row)
         row["fits"] = peak is not None and (budget is None or peak <= budget)
         rows.append(row)
@@ -64,14 +70,56 @@ def probe_nts(policy: Any, batch: Any, name: str, nts: list[int], device: torch.
     return rows
 
 
+def fixed_batch(policy: Policy, task: Task, prompts: int, group: int, seed: int) -> Batch:
+    """One rollout batch of the task's train split, sampled with the training rollouts' default protocol and reused
+    by every configuration measured."""
+    items = list(task.load("train")[:prompts])
+    group_items = [item for item in items for _ in range(group)]
+    ids, mask = policy.encode_prompts([task.prompt(it) for it in group_items])
+    rollout = generate(policy, ids, mask, TrainConfig().rollout, torch.Generator().manual_seed(seed))
+    rewards = torch.tensor([task.reward(it, t) for it, t in zip(group_items, rollout.texts, strict=True)])
+    # Alternating-sign advantages exercise both of BGPO's branches whatever the rewards are.
+    advantages = torch.tensor([1.0, -1.0]).repeat(len(group_items) // 2 + 1)[:len(group_items)]
+    return Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=group, seed=seed)
+
+
+def probe_update(policy: Policy, objective: Any, batch: Batch, device: torch.device,
+                 train: TrainConfig | None = None) -> dict[str, Any]:
+    """Peak memory of the first optimizer update of a rollout batch, run by the trainer's own code
+    (``trainer.make_optimizer`` and ``trainer.update``, under an ``Accelerator``) on a live policy; an OOM is a
+    result ('oom'). ``train``: the run's settings (mu: the old-policy terms ``prepare`` computes; lr, clip)."""
+    from collections import defaultdict
+
+    from accelerate import Accelerator
+
+    from harness.loop.measure import device_peak_mb, reset_peak, track_peak_memory
+
+    train = train or TrainConfig(mu=1)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    optimizer, scheduler = make_optimizer(policy, train)
+    reset_peak(device)
+    started = time.perf_counter()
+    try:
+        with track_peak_memory(policy.model, optimizer, device) as peak:
+            prepared = objective.prepare(policy, batch, train.mu)
+            update(policy, objective, prepared, 0, train, optimizer, scheduler, accelerator, defaultdict(list))
+        row = {"outcome": "ok", **peak.split.to_mb(), "time/update_tracked_s": time.perf_counter() - started,
+               **device_peak_mb(device)}
+    except torch.OutOfMemoryError:
+        row = {"outcome": "oom"}
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer, scheduler
+        release_cached_memory(device)
+    return row
+
+
 def largest_fitting(rows: list[dict[str, Any]]) -> int | None:
     return max((r["n_t"] for r in rows if r["fits"]), default=None)
 
 
 def fit_nts(spec: Any, model_path: Path, device: torch.device, out: Path) -> dict[str, tuple[int, ...]]:
     """{objective: (largest fitting n_t,)} for each ELBO objective of ``spec``; ValueError if none fits."""
-    from harness.bench.memory import fixed_batch
-    from harness.model.policy import Policy
 
     budget = parse_size(spec.memory_budget)
     task = lookup("task", spec.tasks[0], TASKS)(data_dir=spec.data_dir)
@@ -81,53 +129,14 @@ def fit_nts(spec: Any, model_path: Path, device: torch.device, out: Path) -> dic
     for name in spec.objectives:
         if not lookup("objective", name, OBJECTIVES).uses_nt:
             continue
-        rows = probe_nts(policy, batch, name, list(spec.nts), device, budget)
+        rows = probe_nts(policy, batch, name, list(spec.nt), device, budget, train=spec.train)
         probes += rows
         best = largest_fitting(rows)
         if best is None:
             measured = peak_bytes(rows[-1])
-            raise ValueError(f"--memory-budget {spec.memory_budget}: {name} does not fit even at n_t={min(spec.nts)} "
+            raise ValueError(f"--memory-budget {spec.memory_budget}: {name} does not fit even at n_t={min(spec.nt)} "
                              f"(measured {'out of memory' if measured is None else f'{measured / MIB:.0f} MiB'})")
         chosen[name] = (best,)
     write_json_atomic(out / "memory_budget.json", {"budget": spec.memory_budget, "budget_bytes": budget,
                                                    "chosen": chosen, "probes": probes, **environment(device)})
     return chosen
-
-
-def budget_bench(shape: str, names: list[str], nts: list[int], budget: int, device: torch.device, dtype: torch.dtype,
-                 sequences: int, prompt_length: int, gen_length: int, micro_batch_size: int) -> dict[str, Any]:
-    """Measure every (objective, n_t) at a model shape until out of memory; mark what fits ``budget``."""
-    from harness.bench.memory import MODEL_SHAPES, shaped_policy, synthetic_batch
-
-    if shape not in MODEL_SHAPES:
-        raise ValueError(f"--shape {shape!r}: unknown (known: {', '.join(MODEL_SHAPES)})")
-    policy = shaped_policy(MODEL_SHAPES[shape], device, dtype)
-    batch = synthetic_batch(policy, sequences, prompt_length, gen_length)
-    rows = []
-    for name in names:
-        for row in probe_nts(policy, batch, name, nts, device, None, micro_batch_size):
-            peak = peak_bytes(row)
-            rows.append({**row, "fits": peak is not None and peak <= budget})
-    chosen = {name: largest_fitting([r for r in rows if r["objective"] == name]) for name in names}
-    params = sum(p.numel() for p in policy.model.parameters())
-    return {"shape": shape, "parameters": params, "dtype": str(dtype).removeprefix("torch."), "budget_bytes": budget,
-            "sequences": sequences, "prompt_length": prompt_length, "gen_length": gen_length,
-            "micro_batch_size": micro_batch_size, "rows": rows, "chosen": chosen, **environment(device)}
-
-
-def budget_markdown(result: dict[str, Any], budget_text: str) -> str:
-    lines = [f"# Budget-matched n_t at the {result['shape']} shape ({result['parameters'] / 1e9:.2f}B parameters, "
-             f"{result['dtype']}, {result['device']['name']})", "",
-             f"One AdamW update on {result['sequences']} sequences of {result['prompt_length']} prompt + "
-             f"{result['gen_length']} completion tokens, micro-batch {result['micro_batch_size']} sequence(s), random "
-             f"weights. Budget {budget_text}: the largest n_t whose measured peak fits.", "",
-             "| objective | n_t | outcome | peak total MB (MemTracker) | peak activations MB | CUDA max allocated MB "
-             f"| fits {budget_text} |", "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        cells = [r["objective"], str(r["n_t"]), r["outcome"]]
-        cells += [f"{r[k]:.0f}" if k in r else "-" for k in ("mem/peak_total_mb", "mem/peak_activations_mb",
-                                                              "cuda_max_allocated_mb")]
-        lines.append("| " + " | ".join([*cells, "yes" if r["fits"] else "no"]) + " |")
-    lines += ["", *(f"- {name}: n_t = {n_t}" if n_t else f"- {name}: nothing fits"
-                    for name, n_t in result["chosen"].items())]
-    return "\n".join(lines) + "\n"

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.runs.config import RunConfig, settings_fingerprint
-from harness.runs.sweep import SweepSpec, spec_from_mapping
+from harness.runs.settings import apply_settings, spec_mapping
+from harness.runs.sweep import SweepSpec, with_objective_settings
 
 BASELINE_SCHEMA = 1
 TOLERANCES = {"accuracy_drop_pts": 3.0, "memory_growth": 0.10, "time_ratio_growth": 1.50,
@@ -57,14 +58,17 @@ def run_key(row: dict[str, Any]) -> str:
     return f"{row['task']}/{row['objective']}/nt{n_t}/mu{row['mu']}/s{row['seed']}"
 
 
+NOT_STORED = ("data_dir", "log_with")
+"""Settings a baseline does not store: where the data lives (`harness check --data-dir`) and the trackers."""
+
+
 def spec_to_mapping(spec: SweepSpec) -> dict[str, Any]:
-    """The sweep-file form of a spec (what `harness check` re-runs)."""
-    return {"objectives": list(spec.objectives), "nt": list(spec.nts), "tasks": list(spec.tasks),
-            "seeds": list(spec.seeds), "model": spec.model, "steps": spec.train.steps, "mu": spec.train.mu,
-            "lr": spec.train.lr, "temperature": spec.train.rollout.temperature, "estimator": spec.estimator,
-            "eval_limit": spec.eval_limit, "prompts_per_step": spec.train.prompts_per_step,
-            "group_size": spec.train.group_size, "threads": spec.threads,
-            **({"memory_budget": spec.memory_budget} if spec.memory_budget else {})}
+    """The baseline's stored form of a spec: every setting (so a later change of a default cannot change what the
+    gate re-runs) in sweep-file keys, and the objectives' own settings as 'set' (OBJECTIVE.KEY=VALUE)."""
+    mapping = {k: v for k, v in spec_mapping(spec).items() if k not in NOT_STORED}
+    if spec.objective_settings:
+        mapping["set"] = [f"{name}.{key}={value}" for name, key, value in spec.objective_settings]
+    return mapping
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
@@ -104,7 +108,11 @@ def baseline_problem(baseline: Any) -> str | None:
 
 
 def spec_of(baseline: dict[str, Any], data_dir: str | None) -> SweepSpec:
-    return spec_from_mapping(baseline["comparison"], "baseline comparison", SweepSpec(data_dir=data_dir))
+    """The spec a baseline's comparison stores (``spec_to_mapping``), with the data at ``data_dir``."""
+    comparison = dict(baseline["comparison"])
+    knobs = comparison.pop("set", [])
+    spec = apply_settings(SweepSpec(data_dir=data_dir), comparison, "baseline comparison")
+    return with_objective_settings(spec, knobs, "baseline comparison set")
 
 
 def accuracy(row: dict[str, Any]) -> float | None:
@@ -250,12 +258,14 @@ def fingerprint_problem(row: dict[str, Any], base: dict[str, Any], explain: Expl
 def stored_settings(runs_dir: Path, run_id: Any, fingerprint: Any) -> dict[str, Any] | None:
     """The protocol settings of the record ``runs_dir/<run_id>.json`` when it exists and has ``fingerprint``
     (best effort: it only explains a mismatch, so any unreadable record is None)."""
-    from harness.runs.sweep import record_settings
+    from harness.runs.config import protocol_settings
+    from harness.runs.records import read_record
 
     try:
-        settings = record_settings(json.loads((runs_dir / f"{run_id}.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        record = read_record(runs_dir / f"{run_id}.json")
+    except ValueError:
         return None
+    settings = protocol_settings(record.config, record.task_version, record.world_size)
     return settings if settings_fingerprint(settings) == fingerprint else None
 
 

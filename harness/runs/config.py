@@ -1,4 +1,9 @@
-"""Typed configuration: one frozen dataclass per concern. The CLI maps flags onto these; nothing else reads flags."""
+"""A run's config and its protocol fingerprint.
+
+``RunConfig`` gathers the configs of the parts (``TrainConfig`` beside the trainer, ``EvalConfig`` beside the
+evaluation, ``RolloutConfig`` beside the sampler, each objective's config beside the objective). The fingerprint
+hashes every setting that changes a run's numbers; the run id derives from it.
+"""
 
 from __future__ import annotations
 
@@ -32,14 +37,29 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def run_id(self) -> str:
-        """Readable prefix + hash of everything that changes the result (not where data lives or thread count)."""
+    def run_id(self, task_version: str | None = None, world_size: int | None = None) -> str:
+        """Readable prefix + the first 8 digits of the protocol fingerprint: one id per protocol."""
         name = self.objective + (f"-nt{self.objective_config.n_t}" if hasattr(self.objective_config, "n_t") else "")
-        return f"{self.task}-{name}-mu{self.train.mu}-s{self.seed}-{_digest(identity(self.to_dict()))[:8]}"
+        return f"{self.task}-{name}-mu{self.train.mu}-s{self.seed}-{self.fingerprint(task_version, world_size)[:8]}"
 
-    def fingerprint(self, task_version: str, world_size: int = 1) -> str:
-        """The protocol fingerprint of this run (see ``protocol_fingerprint``)."""
-        return protocol_fingerprint(self.to_dict(), task_version, world_size)
+    def fingerprint(self, task_version: str | None = None, world_size: int | None = None) -> str:
+        """The protocol fingerprint of this run (see ``protocol_fingerprint``); the task's current version and this
+        launch's process count unless given."""
+        if task_version is None:
+            from harness.runs.registry import lookup
+            from tasks import TASKS
+
+            task_version = lookup("task", self.task, TASKS).version
+        return protocol_fingerprint(self.to_dict(), task_version, current_world_size() if world_size is None
+                                    else world_size)
+
+
+def current_world_size() -> int:
+    """Processes training this run (``accelerate launch`` starts several; 1 otherwise): part of the protocol
+    fingerprint, since it multiplies the effective batch."""
+    from accelerate import PartialState
+
+    return PartialState().num_processes
 
 
 NOT_PROTOCOL = ("data_dir", "threads")

@@ -1,104 +1,161 @@
-"""Expanding a comparison grid into runs and executing one run end to end (train, evaluate, record).
+"""One run, end to end: a config in, a typed record out (``run(cfg) -> RunRecord``).
 
-Runs go in a deterministic order: objectives in the order given, then n_t ascending, then seeds. Objectives that do
-not use n_t (diffu-GRPO) get one run per seed, whatever the n_t list.
+Every path that trains goes through here (`harness compare`, `harness sweep`, `harness check`, `harness bench
+learn`): pretrain-or-load the base model, evaluate the base policy (once per model, task and evaluation protocol,
+shared by the runs of a sweep), train with evaluation on the cadence ``eval.every`` and at the last step (in the
+loop, ``trainer.train``), and turn how it ended into the record's outcome:
+
+    ok        trained and evaluated
+    nan       a non-finite loss or gradient stopped training (``trainer.TrainingStopped``)
+    diverged  the training reward collapsed (``trainer.stop_reason``)
+    oom       out of memory (``torch.OutOfMemoryError`` or ``MemoryError``)
+    error     any other exception, with its message and where it was raised (the command exits non-zero)
+
+A failed run's record has the same shape as a finished one's, with the steps run so far and no final evaluation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness.loop.evaluate import EvalResult, evaluate
-from harness.loop.trainer import train
+from harness.loop.trainer import TrainingStopped, TrainResult, train
+from harness.model.device import release_cached_memory, synchronize
 from harness.model.policy import Policy
-from harness.model.tiny import TinyConfig, tiny_model_path
-from harness.runs.config import RunConfig
-from harness.runs.records import environment
+from harness.runs.config import RunConfig, current_world_size
+from harness.runs.records import RunRecord, StepMetrics, environment
 from harness.runs.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
 
+OnStep = Callable[[int, dict[str, float]], None]
+Trainer = Callable[[RunConfig, Path, "RunContext", OnStep | None], TrainResult]
+"""train_run(cfg, model_path, context, on_step) -> TrainResult (``train_run`` unless a test swaps it)."""
+REFERENCE_SIZE, REFERENCE_REPEATS = 384, 12
+"""The reference computation that step times are divided by: ``REFERENCE_REPEATS`` float32 products of two
+``REFERENCE_SIZE`` square matrices, timed on the run's device in the same process (median of 5) just before and
+just after each run (the mean of the two), so a step-time ratio compares code more than machines or their load."""
+BASE_EVAL_SEED = 0
+"""Seed of the base policy's evaluation (its bootstrap intervals), shared by every run of the model and task."""
 
-def objective_config(name: str, n_t: int | None, **overrides: Any) -> Any:
-    """The objective's default config with ``n_t`` and any matching overrides applied (others ignored)."""
-    cls = lookup("objective", name, OBJECTIVES)
-    config = cls().config
-    fields = {f.name for f in dataclasses.fields(config)}
-    updates = {k: v for k, v in ({"n_t": n_t} | overrides).items() if k in fields and v is not None}
-    return dataclasses.replace(config, **updates)
 
+@dataclass
+class RunContext:
+    """What the runs of one sweep share: resolved model folders, base evaluations and where metrics go."""
 
-def expand_grid(base: RunConfig, objectives: Sequence[str], nts: Sequence[int], seeds: Sequence[int],
-                **overrides: Any) -> list[RunConfig]:
-    runs = []
-    for name in objectives:
-        uses_nt = lookup("objective", name, OBJECTIVES).uses_nt
-        for n_t in (sorted(nts) if uses_nt else [None]):
-            for seed in seeds:
-                config = objective_config(name, n_t, **overrides)
-                runs.append(dataclasses.replace(base, objective=name, objective_config=config, seed=seed))
-    return runs
+    data_dir: str | None = None
+    log_with: tuple[str, ...] = ()
+    """accelerate trackers (tensorboard, wandb, trackio, ...) that receive every step's metrics; () = none."""
+    logging_dir: Path | None = None
+    models: dict[str, Path] = field(default_factory=dict)
+    bases: dict[str, EvalResult] = field(default_factory=dict)
+
+    def model_path(self, model: str) -> Path:
+        """'tiny' -> the cached pretrained tiny model (built when missing); else an existing checkpoint folder."""
+        if model not in self.models:
+            self.models[model] = resolve_model(model, data_dir=self.data_dir)
+        return self.models[model]
+
+    def base_evaluation(self, cfg: RunConfig) -> EvalResult:
+        """The base policy's evaluation (step 0) under ``cfg``'s evaluation protocol, computed once per sweep."""
+        from harness.runs.config import settings_fingerprint
+
+        model_path = self.model_path(cfg.model)
+        key = settings_fingerprint({"model": str(model_path), "task": cfg.task, "eval": cfg.to_dict()["eval"],
+                                    "device": cfg.device})
+        if key not in self.bases:
+            policy = Policy.from_pretrained(model_path, device=torch.device(cfg.device))
+            task = make_task(cfg)
+            self.bases[key] = evaluate(policy, task, eval_items(task, cfg), cfg.eval.rollout, cfg.eval.batch_size,
+                                       seed=BASE_EVAL_SEED)
+        return self.bases[key]
 
 
 def resolve_model(model: str, log: Callable[[int, float], None] | None = None, data_dir: str | None = None) -> Path:
     """'tiny' -> the cached pretrained tiny model (built when missing); else an existing checkpoint folder."""
+    from harness.runs.pretrain import tiny_model_path
+
     if model == "tiny":
-        return tiny_model_path(TinyConfig(), log, data_dir)
+        return tiny_model_path(log=log, data_dir=data_dir)
     path = Path(model)
     if not path.is_dir():
-        raise ValueError(f"--model {model!r}: no such folder (use 'tiny' or a local Hugging Face checkpoint)")
+        raise ValueError(f"model {model!r}: no such folder (use 'tiny' or a local Hugging Face checkpoint)")
     return path
-
-
-def world_size() -> int:
-    """Processes training this run (``accelerate launch`` starts several; 1 otherwise): part of the protocol
-    fingerprint, since it multiplies the effective batch."""
-    from accelerate import PartialState
-
-    return PartialState().num_processes
-
-
-def protocol_fields(cfg: RunConfig, task_version: str) -> dict[str, Any]:
-    """The record fields that say which protocol a run followed (read by `harness check`)."""
-    processes = world_size()
-    return {"task_version": task_version, "world_size": processes,
-            "fingerprint": cfg.fingerprint(task_version, processes)}
 
 
 def make_task(cfg: RunConfig):  # noqa: ANN201
     return lookup("task", cfg.task, TASKS)(data_dir=cfg.data_dir)
 
 
-def evaluate_policy(policy: Policy, cfg: RunConfig) -> EvalResult:
-    task = make_task(cfg)
+def eval_items(task: Any, cfg: RunConfig) -> list:
     items = task.load(cfg.eval.split)
-    items = items[:cfg.eval.limit] if cfg.eval.limit else items
-    return evaluate(policy, task, items, cfg.eval.rollout, cfg.eval.batch_size, seed=cfg.seed)
+    return items[:cfg.eval.limit] if cfg.eval.limit else items
 
 
-def run_one(cfg: RunConfig, model_path: Path, before: dict[str, Any],
-            on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train one run from the base checkpoint and evaluate it; returns its record (``before``: the base policy's
-    evaluation summary). The caller writes it (harness/sweep.py, atomically)."""
-    device = torch.device(cfg.device)
-    policy = Policy.from_pretrained(model_path, device=device)
+def train_run(cfg: RunConfig, model_path: Path, context: RunContext, on_step: OnStep | None) -> TrainResult:
+    """Train one run from the base checkpoint, evaluating on the cadence and at the last step."""
+    policy = Policy.from_pretrained(model_path, device=torch.device(cfg.device))
     objective = lookup("objective", cfg.objective, OBJECTIVES)(cfg.objective_config)
     task = make_task(cfg)
+    tracking = None
+    if context.log_with:
+        from harness.loop.trainer import Tracking
+
+        tracking = Tracking(context.log_with, context.logging_dir, cfg.run_id(task.version),
+                            cfg.to_dict())
+    return train(policy, objective, task, cfg.train, cfg.seed, cfg.eval, eval_items(task, cfg), on_step, tracking)
+
+
+def run(cfg: RunConfig, context: RunContext | None = None, on_step: OnStep | None = None,
+        trainer: Trainer = train_run) -> RunRecord:
+    """Train and evaluate one run; how it ended is its outcome (see the module docstring), never a crash."""
+    context = context or RunContext(data_dir=cfg.data_dir)
+    model_path = context.model_path(cfg.model)
+    before = context.base_evaluation(cfg)
+    version = lookup("task", cfg.task, TASKS).version
+    device = torch.device(cfg.device)
+    reference = reference_seconds(device)
     started = time.perf_counter()
-    history = train(policy, objective, task, cfg.train, cfg.seed, on_step)
-    train_s = time.perf_counter() - started
-    after = evaluate_policy(policy, cfg)
-    record = {"run_id": cfg.run_id(), "config": cfg.to_dict(), "model_path": str(model_path),
-              **protocol_fields(cfg, task.version),
-              "decoding": {"train": dataclasses.asdict(cfg.train.rollout),
-                           "eval": dataclasses.asdict(cfg.eval.rollout)},
-              "seed": cfg.seed, "steps": history, "train_seconds": train_s,
-              "eval": {"before": before, "after": after.summary()},
-              "eval_items_after": after.items, **environment(device)}
-    return record
+    outcome, error, steps, evals, eval_seconds = "ok", None, [], [], 0.0
+    try:
+        result = trainer(cfg, model_path, context, on_step)
+        steps, evals, eval_seconds = result.steps, result.evals, result.eval_seconds
+    except TrainingStopped as stop:
+        outcome, error, steps = stop.outcome, str(stop), stop.history
+    except (torch.OutOfMemoryError, MemoryError) as oom:
+        release_cached_memory(device)
+        outcome, error = "oom", f"out of memory: {str(oom).splitlines()[0] if str(oom) else ''}"
+    except Exception as other:  # noqa: BLE001 - recorded as the run's outcome; the command exits non-zero
+        last = traceback.extract_tb(other.__traceback__)[-1]
+        outcome, error = "error", f"{type(other).__name__}: {other} ({last.filename}:{last.lineno})"
+    wall = time.perf_counter() - started
+    reference = (reference + reference_seconds(device)) / 2  # timed around the run: the same machine load
+    processes = current_world_size()
+    return RunRecord(run_id=cfg.run_id(version, processes), fingerprint=cfg.fingerprint(version, processes),
+                     config=cfg.to_dict(), task_version=version, world_size=processes, outcome=outcome, error=error,
+                     steps=tuple(StepMetrics(i, m) for i, m in enumerate(steps)), evals=(before, *evals),
+                     model_path=str(model_path), reference_s=reference, train_seconds=wall - eval_seconds,
+                     eval_seconds=eval_seconds, **environment(device))
+
+
+def reference_seconds(device: torch.device) -> float:
+    """Median wall time of the fixed reference computation on ``device`` (see REFERENCE_SIZE)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(REFERENCE_SIZE, REFERENCE_SIZE, generator=generator).to(device)
+    times = []
+    for _ in range(5):
+        synchronize(device)
+        started = time.perf_counter()
+        b = a
+        for _ in range(REFERENCE_REPEATS):
+            b = (a @ b).tanh_()
+        float(b.sum())  # waits for the device
+        times.append(time.perf_counter() - started)
+    return sorted(times)[2]

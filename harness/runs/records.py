@@ -1,28 +1,222 @@
-"""Run records: one JSON file per finished run with everything needed to reproduce and compare it.
+"""Run records: the typed record of one run (``RunRecord``), written and read here and nowhere else.
 
-A record holds the full config (including the decoding protocol of training and evaluation), the seed, per-step
-metrics, the evaluation before and after with intervals, package versions, the device and the git commit. Files are
-written atomically (temporary file + rename), so an interrupted write never leaves a truncated record.
+A record holds the run's config (every setting, the decoding protocols of training and evaluation included), its
+protocol fingerprint (``config.protocol_fingerprint``; the run id derives from it), the outcome, the per-step metrics
+(``StepMetrics``), every evaluation with intervals (``EvalPoint``: step 0 is the base policy, then the cadence
+``eval.every``, then the final step), package versions, the device and the git commit. Files are written atomically
+(temporary file + rename), so an interrupted write never leaves a truncated record.
+
+Schema versions: 2 is this one. Version 1 came in two shapes, `harness compare` records (``eval.before`` /
+``eval.after`` / ``eval_items_after``) and `harness bench learn` records (``curve`` / ``final_eval`` /
+``final_items``); ``read_record`` migrates both on reading (``migrate_v1``), so committed records stay readable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from statistics import median
 from typing import Any, TextIO
 
 import torch
 
+from harness.loop.evaluate import EvalResult
+from harness.loop.stats import Estimate
+
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy", "rich", "typer")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
+@dataclass(frozen=True)
+class StepMetrics:
+    """One RL step: its index and its flat, TRL-named metrics (the one dict, at the logging edge)."""
+
+    step: int
+    metrics: dict[str, float]
+
+    @property
+    def reward(self) -> float:
+        return self.metrics["reward"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything one run produced and what produced it."""
+
+    run_id: str
+    fingerprint: str
+    """``config.protocol_fingerprint`` of (config, task_version, world_size); two runs compare only when equal."""
+    config: dict[str, Any]
+    """``RunConfig.to_dict()``: model, task, objective and its config, train and eval protocols, seed ..."""
+    task_version: str
+    world_size: int
+    outcome: str = "ok"
+    """ok | nan | diverged | oom | error (results_file.OUTCOMES)."""
+    error: str | None = None
+    steps: tuple[StepMetrics, ...] = ()
+    evals: tuple[EvalResult, ...] = ()
+    """The base policy's evaluation (step 0) first, then one per ``eval.every`` steps and the final step's."""
+    model_path: str = ""
+    reference_s: float | None = None
+    """Seconds of the reference computation timed around the run (see sweep.REFERENCE_SIZE)."""
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    """Seconds spent in evaluations during training (the cadence and the final one)."""
+    sweep: str = ""
+    memory_budget: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
+    git_commit: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    @property
+    def before(self) -> EvalResult:
+        return self.evals[0]
+
+    @property
+    def after(self) -> EvalResult | None:
+        """The final step's evaluation: the number reported (never the best step on the test set)."""
+        return self.evals[-1] if self.ok and len(self.evals) > 1 else None
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def objective(self) -> str:
+        return self.config["objective"]
+
+    @property
+    def n_t(self) -> int | None:
+        return (self.config["objective_config"] or {}).get("n_t")
+
+    @property
+    def mu(self) -> int:
+        return self.config["train"]["mu"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    def step_time(self) -> float | None:
+        """Median seconds per step over the steps whose memory was not tracked (the tracker slows a CPU step)."""
+        steps = [s for s in self.steps if not s.metrics.get("mem_tracked")] or list(self.steps)
+        return median(s.metrics["time/step_s"] for s in steps) if steps else None
+
+    def peak_memory(self) -> dict[str, float]:
+        """Largest tracked peak of each memory category over the steps, in MB (NaN when no step tracked it)."""
+        keys = dict.fromkeys(("mem/peak_total_mb", "mem/peak_activations_mb"))
+        keys |= dict.fromkeys(k for s in self.steps for k in s.metrics if k.startswith("mem/peak_"))
+        return {k: max((s.metrics[k] for s in self.steps if k in s.metrics), default=math.nan) for k in keys}
+
+    def reward_ends(self) -> tuple[float, float]:
+        """Mean training reward over the first and the last fifth of the steps (single steps are too noisy)."""
+        rewards = [s.reward for s in self.steps]
+        if not rewards:
+            return math.nan, math.nan
+        k = max(1, len(rewards) // 5)
+        return sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+
+
+# ---- on disk ------------------------------------------------------------------------------------------------------
+def eval_to_json(result: EvalResult) -> dict[str, Any]:
+    return {"step": result.step, "metrics": result.summary(), "items": list(result.items)}
+
+
+def eval_from_json(data: dict[str, Any]) -> EvalResult:
+    metrics = {name: Estimate(**e) for name, e in data["metrics"].items()}
+    return EvalResult(metrics=metrics, items=list(data.get("items", [])), step=data["step"])
+
+
+def record_to_json(record: RunRecord) -> dict[str, Any]:
+    data = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    data["steps"] = [{"step": s.step, **s.metrics} for s in record.steps]
+    data["evals"] = [eval_to_json(e) for e in record.evals]
+    return data
+
+
+def record_from_json(data: dict[str, Any]) -> RunRecord:
+    """A record from its JSON form, migrating older schema versions; ValueError when it is not a record."""
+    if not isinstance(data, dict) or "run_id" not in data or "config" not in data:
+        raise ValueError("not a run record")
+    if data.get("schema_version", 1) < SCHEMA_VERSION:
+        data = migrate_v1(data)
+    steps = tuple(StepMetrics(step=s["step"], metrics={k: v for k, v in s.items() if k != "step"})
+                  for s in data["steps"])
+    known = {f.name for f in dataclasses.fields(RunRecord)}
+    fields = {k: v for k, v in data.items() if k in known}
+    return RunRecord(**{**fields, "steps": steps, "evals": tuple(eval_from_json(e) for e in data["evals"])})
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    write_json_atomic(path, record_to_json(record))
+
+
+def read_record(path: Path) -> RunRecord:
+    """The record at ``path``; ValueError naming the file when it is unreadable or not a record."""
+    try:
+        return record_from_json(json.loads(Path(path).read_text()))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: {getattr(error, 'strerror', None) or error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not JSON ({error.msg})") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a run record ({error})") from None
+
+
+def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 record (a `harness compare` or a `harness bench learn` one) in schema 2's JSON form.
+
+    Both get the evaluation cadence they ran with into their config (``eval.every``: 0 for compare records, the
+    learning benchmark's ``learn.eval_every``), and with it a recomputed fingerprint, the one a fresh run of the same
+    settings gets. Learn records' intermediate curve points had no intervals: they come back with NaN bounds."""
+    from harness.runs.config import protocol_fingerprint
+    from harness.runs.registry import lookup
+    from tasks import TASKS
+
+    config = json.loads(json.dumps(data["config"]))
+    learn = data.get("learn")
+    config["eval"].setdefault("every", learn["eval_every"] if learn else 0)
+    version = str(data.get("task_version") or lookup("task", config["task"], TASKS).version)
+    world_size = int(data.get("world_size", 1))
+    ok = data.get("outcome", "ok") == "ok"
+    n_steps = len(data.get("steps") or [])
+    if learn:  # curve [{step, metric: mean}], final_eval, final_items
+        n = data["final_eval"][next(iter(data["final_eval"]))]["n"]
+        points = [{"step": p["step"], "metrics": {m: {"mean": v, "low": math.nan, "high": math.nan, "n": n}
+                                                   for m, v in p.items() if m != "step"}, "items": []}
+                  for p in data["curve"][:-1]]
+        evals = [*points, {"step": data["curve"][-1]["step"], "metrics": data["final_eval"],
+                           "items": data["final_items"]}]
+    else:  # eval.before, eval.after, eval_items_after
+        evals = [{"step": 0, "metrics": data["eval"]["before"], "items": []}]
+        if ok:
+            evals.append({"step": n_steps, "metrics": data["eval"]["after"], "items": data.get("eval_items_after", [])})
+    return {"run_id": data["run_id"], "fingerprint": protocol_fingerprint(config, version, world_size),
+            "config": config, "task_version": version, "world_size": world_size,
+            "outcome": data.get("outcome", "ok"), "error": data.get("error"),
+            "steps": [{"step": i, **s} for i, s in enumerate(data.get("steps") or [])], "evals": evals,
+            "model_path": data.get("model_path", ""), "reference_s": data.get("reference_s"),
+            "train_seconds": data.get("train_seconds", 0.0), "eval_seconds": data.get("eval_seconds", 0.0),
+            "sweep": data.get("sweep", ""), "memory_budget": data.get("memory_budget"),
+            "versions": data.get("versions", {}), "device": data.get("device", {}),
+            "git_commit": data.get("git_commit"), "schema_version": SCHEMA_VERSION}
+
+
+# ---- what produced a record ---------------------------------------------------------------------------------------
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -65,6 +259,11 @@ def _cpu_model() -> str | None:
     return None
 
 
+def environment(device: torch.device) -> dict[str, Any]:
+    """The versions, device and git commit fields of a record (and of any other file of figures)."""
+    return {"versions": package_versions(), "device": device_info(device), "git_commit": git_commit()}
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON to ``path`` atomically (see ``write_atomic``)."""
     write_atomic(path, lambda handle: json.dump(payload, handle, indent=1, default=str))
@@ -87,8 +286,3 @@ def write_atomic(path: Path, write: Callable[[TextIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    return {"versions": package_versions(), "device": device_info(device), "git_commit": git_commit(),
-            "schema_version": SCHEMA_VERSION}

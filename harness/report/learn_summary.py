@@ -1,0 +1,207 @@
+"""The learning benchmark's summary (`harness bench learn`): does each RL objective raise Sudoku accuracy on the tiny
+dLLM, measured over seeds with intervals? Read from the records of the ``learn`` recipe (harness/runs/sweep.py),
+the same ``RunRecord`` every sweep writes, so a summary is regenerated from stored records without training.
+
+Checkpoint rule: the number reported is the FINAL step's, never the best step on the test set (the test curve is a
+diagnostic; choosing a checkpoint on it would overfit the test set).
+
+Statistics (``harness/loop/stats.py``):
+    1. Accuracy per (objective, mu): mean over seeds, with a two-level bootstrap over seeds and puzzles
+       (``bootstrap_mean_clustered``). The delta vs base is the same bootstrap of after-minus-before per puzzle.
+    2. Paired comparison of two objectives at the same mu on the same puzzles: a paired bootstrap over puzzles of the
+       per-puzzle cell accuracy averaged over seeds, and an exact McNemar test on the per-puzzle seed-majority
+       ``solved`` (a puzzle counts as solved by an arm when more than half of its seeds solve it).
+
+Peak memory is the maximum over steps of each ``mem/peak_*_mb``; on CPU only the tracked first step has it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import numpy as np
+
+from harness.loop.evaluate import EvalResult
+from harness.loop.stats import bootstrap_mean, bootstrap_mean_clustered, mcnemar, paired_bootstrap
+from harness.runs.records import RunRecord, write_json_atomic
+
+METRICS = ("cell_accuracy", "solved", "valid")
+PAIRED_TESTS = (("bgpo", "vrpo"), ("bgpo", "diffu-grpo"))
+"""(a, b) pairs compared on the same puzzles at the same mu."""
+CHECKPOINT_RULE = ("Checkpoint rule: every accuracy reported is the FINAL step's policy, never the best step on the "
+                   "test set; the test curve is shown for diagnosis only.")
+PCT = 100.0
+
+
+def arm_key(record: RunRecord) -> tuple[str, int | None, int]:
+    return record.objective, record.n_t, record.mu
+
+
+def group_arms(records: Sequence[RunRecord]) -> dict[tuple[str, int | None, int], list[RunRecord]]:
+    groups: dict[tuple[str, int | None, int], list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(arm_key(record), []).append(record)
+    return {key: sorted(group, key=lambda r: r.seed) for key, group in groups.items()}
+
+
+def score_table(records: Sequence[RunRecord], metric: str, ids: Sequence[str]) -> np.ndarray:
+    """[S, n] final scores of each seed on each puzzle, in the order of ``ids`` (the base evaluation's)."""
+    rows = []
+    for record in records:
+        scores = {item["id"]: item[metric] for item in record.after.items}
+        if set(scores) != set(ids):
+            raise ValueError(f"run {record.run_id} was evaluated on other puzzles than the base policy")
+        rows.append([scores[i] for i in ids])
+    return np.asarray(rows, dtype=np.float64)  # [S, n]
+
+
+def summarize_arm(group: Sequence[RunRecord], base: EvalResult) -> dict[str, Any]:
+    ids = [item["id"] for item in base.items]
+    name, n_t, mu = arm_key(group[0])
+    row: dict[str, Any] = {"objective": name, "n_t": n_t, "mu": mu, "seeds": [r.seed for r in group],
+                           "steps": group[0].config["train"]["steps"]}
+    for metric in METRICS:
+        table = score_table(group, metric, ids)  # [S, n]
+        before = np.asarray([item[metric] for item in base.items], dtype=np.float64)  # [n]
+        row[metric] = asdict(bootstrap_mean_clustered(table))
+        row[f"delta_{metric}"] = asdict(bootstrap_mean_clustered(table - before))  # [S, n] after - before
+    ends = [r.reward_ends() for r in group]
+    row["train_reward_first"], row["train_reward_last"] = mean(e[0] for e in ends), mean(e[1] for e in ends)
+    row["seconds_per_step"] = mean(r.step_time() for r in group)
+    peaks = [r.peak_memory() for r in group]
+    row["peak_memory_mb"] = {k: max(p.get(k, float("nan")) for p in peaks) for k in dict.fromkeys(k for p in peaks
+                                                                                                  for k in p)}
+    return row
+
+
+def paired_test(a: Sequence[RunRecord], b: Sequence[RunRecord], ids: Sequence[str]) -> dict[str, Any]:
+    """Arm a minus arm b on the same puzzles: paired bootstrap of seed-mean accuracy, McNemar of majority solved."""
+    accuracy_a = score_table(a, "cell_accuracy", ids).mean(axis=0)  # [n] mean over seeds
+    accuracy_b = score_table(b, "cell_accuracy", ids).mean(axis=0)  # [n]
+    difference, p_bootstrap = paired_bootstrap(accuracy_a, accuracy_b)
+    solved = [score_table(group, "solved", ids) for group in (a, b)]  # [S, n] each
+    majority_a, majority_b = ((t.sum(axis=0) * 2 > t.shape[0]).tolist() for t in solved)  # [n] each
+    return {"cell_accuracy_difference": asdict(difference), "p_bootstrap": p_bootstrap,
+            "p_mcnemar": mcnemar(majority_a, majority_b),
+            "solved_only_a": sum(x and not y for x, y in zip(majority_a, majority_b, strict=True)),
+            "solved_only_b": sum(y and not x for x, y in zip(majority_a, majority_b, strict=True))}
+
+
+def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
+    """Rows per (objective, n_t, mu), the base policy's scores, and the paired tests of ``PAIRED_TESTS``."""
+    base = records[0].before  # the base policy's evaluation, shared by every run
+    groups = group_arms(records)
+    ids = [item["id"] for item in base.items]
+    tests = []
+    for mu in sorted({key[2] for key in groups}):
+        by_name = {key[0]: group for key, group in groups.items() if key[2] == mu}
+        tests += [{"mu": mu, "a": a, "b": b, **paired_test(by_name[a], by_name[b], ids)}
+                  for a, b in PAIRED_TESTS if a in by_name and b in by_name]
+    before = {m: asdict(bootstrap_mean([item[m] for item in base.items])) for m in METRICS}
+    return {"base": before, "n_items": len(ids), "model_path": records[0].model_path,
+            "rows": [summarize_arm(g, base) for g in groups.values()],
+            "paired": tests, "checkpoint_rule": CHECKPOINT_RULE}
+
+
+def _pct(estimate: dict[str, float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{PCT * estimate['mean']:{sign}.1f} [{PCT * estimate['low']:{sign}.1f}, {PCT * estimate['high']:{sign}.1f}]"
+
+
+TABLE_HEADER = ("| objective | n_t | mu | seeds | cell acc % [95% CI] | delta vs base, pts [95% CI] "
+                "| solved % [95% CI] | valid % [95% CI] | train reward first -> last 20% | s/step | peak act MB "
+                "| peak total MB |")
+
+
+def describe_model(model_path: str | None) -> str:
+    """The built-in tiny model's recipe (from its tiny_config.json), else the checkpoint folder."""
+    config = Path(model_path or "") / "tiny_config.json"
+    if model_path and config.is_file():
+        tiny = json.loads(config.read_text())
+        return (f"built-in tiny model, {tiny['pretrain_steps']} SFT steps of batch {tiny['batch_size']} at lr "
+                f"{tiny['lr']} (hidden {tiny['hidden_size']}, {tiny['num_layers']} layers)")
+    return str(model_path)
+
+
+def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, Any], title: str) -> str:
+    base = summary["base"]
+    lines = [f"# {title}", "", CHECKPOINT_RULE, "",
+             f"Base policy (step 0, {summary['n_items']} test puzzles, greedy; percent [95% CI]): cell accuracy "
+             f"{_pct(base['cell_accuracy'])}, solved {_pct(base['solved'])}, valid {_pct(base['valid'])}.", "",
+             TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
+    for r in summary["rows"]:
+        mem = r["peak_memory_mb"]
+        lines.append(f"| {r['objective']} | {r['n_t'] or '-'} | {r['mu']} | {','.join(map(str, r['seeds']))} "
+                     f"| {_pct(r['cell_accuracy'])} | {_pct(r['delta_cell_accuracy'], signed=True)} "
+                     f"| {_pct(r['solved'])} | {_pct(r['valid'])} "
+                     f"| {r['train_reward_first']:.2f} -> {r['train_reward_last']:.2f} | {r['seconds_per_step']:.2f} "
+                     f"| {mem.get('mem/peak_activations_mb', float('nan')):.1f} "
+                     f"| {mem.get('mem/peak_total_mb', float('nan')):.1f} |")
+    lines += ["", "Intervals: two-level bootstrap over seeds and puzzles (`bootstrap_mean_clustered`); the delta "
+              "is the same bootstrap of after-minus-before per puzzle. cell acc = blank cells equal to the given "
+              "solution (d1's metric); solved = every blank right; valid = a correct Sudoku (any solution).", "",
+              "## Paired tests (same puzzles, same mu)", "",
+              "Difference a - b of the per-puzzle cell accuracy averaged over seeds (paired bootstrap over puzzles); "
+              "McNemar (exact) on seed-majority `solved`: a puzzle counts as solved by an arm when more than half of "
+              "its seeds solve it.", ""]
+    lines += [f"- mu={t['mu']}, {t['a']} vs {t['b']}: cell accuracy difference "
+              f"{_pct(t['cell_accuracy_difference'], signed=True)} pts, paired bootstrap over puzzles of the seed-mean "
+              f"accuracy p = {t['p_bootstrap']:.4f}; McNemar on seed-majority solved ({t['solved_only_a']} puzzles "
+              f"only {t['a']}, {t['solved_only_b']} only {t['b']}) p = {t['p_mcnemar']:.4f}"
+              for t in summary["paired"]] or ["- none (needs bgpo and another arm at the same mu)"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    train, objective = first.config["train"], first.config["objective_config"] or {}
+    estimator = objective.get("elbo", {}).get("estimator", "-")
+    lines += ["", f"Protocol: {train['steps']} steps x {train['prompts_per_step']} prompts x {train['group_size']} "
+              f"rollouts, lr {train['lr']}, warm-up {train['warmup_steps']}, rollout temperature "
+              f"{train['rollout']['temperature']}, ELBO estimator {estimator}, test evaluation every "
+              f"{first.config['eval']['every']} steps. Base policy: "
+              f"{describe_model(summary.get('model_path'))}.", "",
+              f"Device: {env['device']['name']} ({env['device']['type']}, {env['device']['torch_threads']} torch "
+              f"threads). Versions: {versions}. Git commit: {env['git_commit']}."]
+    return "\n".join(lines) + "\n"
+
+
+def curve_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Long-format curves: one row per (run, step, kind); kinds train_reward and test_<metric>."""
+    rows = []
+    for record in records:
+        name, n_t, mu = arm_key(record)
+        head = {"objective": name, "n_t": "" if n_t is None else n_t, "mu": mu, "seed": record.seed}
+        rows += [{**head, "step": s.step, "kind": "train_reward", "value": s.reward} for s in record.steps]
+        rows += [{**head, "step": e.step, "kind": f"test_{m}", "value": e.metrics[m].mean}
+                 for e in record.evals for m in METRICS]
+    return rows
+
+
+CSV_COLUMNS = ("objective", "n_t", "mu", "seed", "step", "kind", "value")
+
+
+def write_outputs(records: Sequence[RunRecord], recipe: dict[str, Any], folder: Path, title: str) -> str:
+    """Write summary.{md,json}, curves.csv and curves.png into ``folder``; return the Markdown. ``recipe``: the
+    sweep's settings (stored in summary.json)."""
+    from importlib import metadata
+
+    from harness.report.plots import plot_learning_curves
+
+    summary = summarize(records)
+    first = records[0]  # the device and versions that produced the numbers
+    env = {"versions": {**first.versions, "matplotlib": metadata.version("matplotlib")},
+           "device": first.device, "git_commit": first.git_commit}
+    text = summary_markdown(summary, first, env, title)
+    write_json_atomic(folder / "summary.json", {**summary, "config": recipe, "title": title, **env,
+                                                "runs": [r.run_id for r in records]})
+    (folder / "summary.md").write_text(text)
+    rows = curve_rows(records)
+    with (folder / "curves.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_learning_curves(rows, folder / "curves.png", title)
+    return text
