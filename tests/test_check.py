@@ -23,9 +23,9 @@ from harness.runs.check import (
     spec_of,
 )
 from harness.runs.config import RunConfig
-from harness.runs.pipeline import objective_config
+from harness.runs.records import RunRecord, read_record, write_record
 from harness.runs.results_file import read_results
-from harness.runs.sweep import SweepSpec, plan_runs, result_row
+from harness.runs.sweep import SweepSpec, objective_config, plan_runs, result_row
 from tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -236,9 +236,9 @@ def test_a_mismatch_names_the_settings_that_differ(tmp_path: Path, baseline: dic
     """With the run records beside both files, the verdict says which settings differ."""
     old, new = config("bgpo", 4), config("bgpo", 4, steps=60, lr=1e-3)
     for folder, cfg in (("base", old), ("new", new)):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / f"{cfg.run_id()}.json").write_text(json.dumps(
-            {"run_id": cfg.run_id(), "config": cfg.to_dict(), "task_version": TASKS["sudoku"].version}))
+        write_record(tmp_path / folder / f"{cfg.run_id()}.json", RunRecord(
+            run_id=cfg.run_id(), fingerprint=cfg.fingerprint(), config=cfg.to_dict(),
+            task_version=TASKS["sudoku"].version, world_size=1))
     rows = copy.deepcopy(BASE_ROWS)
     rows[0] |= {"run_id": new.run_id(), "fingerprint": fingerprint("bgpo", 4, steps=60, lr=1e-3)}
     baseline["runs"]["sudoku/bgpo/nt4/mu2/s0"]["run_id"] = old.run_id()
@@ -247,7 +247,7 @@ def test_a_mismatch_names_the_settings_that_differ(tmp_path: Path, baseline: dic
 
 
 @pytest.mark.parametrize("change", [
-    {"steps": 60}, {"lr": 1e-3}, {"temperature": 0.5}, {"world_size": 2}, {"task_version": "2"},
+    {"steps": 60}, {"lr": 1e-3}, {"rollout_temperature": 0.5}, {"world_size": 2}, {"task_version": "2"},
     {"seeds": [1]}, {"group_size": 4}, {"estimator": "t-iid"}, {"eval_limit": 10},
 ], ids=lambda c: next(iter(c)))
 def test_the_fingerprint_changes_with_the_protocol(change: dict) -> None:
@@ -278,15 +278,12 @@ def test_a_rerun_of_the_committed_baseline_has_its_fingerprints() -> None:
 
 
 def test_committed_records_and_results_carry_the_baseline_fingerprints() -> None:
-    """A record written before fingerprints (none stored) gets the same one in its row; the committed results file
-    carries them and passes the committed baseline."""
+    """The committed records and results file carry the baseline's fingerprints and pass the committed baseline."""
     baseline = load_baseline(RESULTS / "baseline.json")
     expected = {base["run_id"]: base["fingerprint"] for base in baseline["runs"].values()}
     for run_id, stored in expected.items():
-        record = json.loads((RESULTS / "runs" / f"{run_id}.json").read_text())
-        assert record["fingerprint"] == stored
-        old = {k: v for k, v in record.items() if k not in ("fingerprint", "world_size")}
-        assert result_row(old)["fingerprint"] == stored
+        record = read_record(RESULTS / "runs" / f"{run_id}.json")
+        assert record.fingerprint == stored == result_row(record)["fingerprint"]
     rows = read_results(RESULTS / "results.jsonl", pytest.fail)
     assert {r["run_id"]: r["fingerprint"] for r in rows} == expected
     lines, passed = compare_to_baseline(rows, baseline)

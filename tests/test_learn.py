@@ -1,4 +1,5 @@
-"""Tests for the learning benchmark (harness/learn.py, harness/plots.py, `harness bench learn`).
+"""Tests for the learning benchmark (the ``learn`` recipe, harness/report/learn_summary.py, harness/report/plots.py,
+`harness bench learn`).
 
 One end-to-end run of the command in-process (typer's CliRunner) on a 1-layer random model saved to tmp_path, its
 resume (a second invocation trains nothing), bad input, and the summary arithmetic on hand-made records.
@@ -15,10 +16,13 @@ import pytest
 from conftest import save_model
 from typer.testing import CliRunner
 
-from harness.bench import learn
-from harness.bench.learn import CHECKPOINT_RULE, CSV_COLUMNS, curve_rows, paired_test, score_table, summarize
 from harness.cli.main import app, main
+from harness.loop.evaluate import EvalResult
+from harness.loop.stats import Estimate
+from harness.report.learn_summary import CHECKPOINT_RULE, CSV_COLUMNS, curve_rows, paired_test, score_table, summarize
 from harness.report.plots import plot_learning_curves
+from harness.runs import pipeline
+from harness.runs.records import RunRecord, StepMetrics, read_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIN_PNG_BYTES = 5_000
@@ -46,20 +50,21 @@ def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
     assert result.exit_code == 0, result.output
 
     paths = sorted((out / "learn" / "runs").glob("*.json"))
-    records = [json.loads(p.read_text()) for p in paths]
+    records = [read_record(p) for p in paths]  # the same typed record as `harness compare` writes
     assert len(records) == 2 * 2 * 2  # objectives x mus x seeds
-    arms = {(r["config"]["objective"], r["config"]["train"]["mu"], r["seed"]) for r in records}
+    arms = {(r.objective, r.mu, r.seed) for r in records}
     assert arms == {(o, m, s) for o in ("bgpo", "diffu-grpo") for m in (1, 2) for s in (0, 1)}
     for path, record in zip(paths, records, strict=True):
-        assert path.name == f"{record['run_id']}.json"
-        assert [p["step"] for p in record["curve"]] == [0, 1, 2]
-        assert len(record["steps"]) == STEPS and len(record["final_items"]) == EVAL_LIMIT
-        assert set(record["final_items"][0]) == {"id", "cell_accuracy", "solved", "valid"}  # no completion text
-        assert record["peak_memory_mb"]["mem/peak_activations_mb"] > 0 and record["seconds_per_step"] > 0
-        assert record["config"]["eval"]["rollout"]["temperature"] == 0.0  # greedy evaluation
-    bgpo = next(r for r in records if r["config"]["objective"] == "bgpo")
-    assert bgpo["config"]["objective_config"]["n_t"] == 16
-    assert len({json.dumps(r["curve"][0]) for r in records}) == 1  # step 0 is the shared base evaluation
+        assert path.name == f"{record.run_id}.json" and record.ok and record.schema_version == 2
+        assert [e.step for e in record.evals] == [0, 1, 2]
+        assert len(record.steps) == STEPS and len(record.after.items) == EVAL_LIMIT
+        assert {"id", "completion", "cell_accuracy", "solved", "valid"} == set(record.after.items[0])
+        assert record.peak_memory()["mem/peak_activations_mb"] > 0 and record.step_time() > 0
+        assert record.config["eval"]["rollout"]["temperature"] == 0.0  # greedy evaluation
+        assert record.config["eval"]["every"] == 1
+    bgpo = next(r for r in records if r.objective == "bgpo")
+    assert bgpo.n_t == 16  # the recipe's arm: BGPO at n_t = 16
+    assert len({json.dumps(r.before.summary()) for r in records}) == 1  # step 0: the shared base evaluation
 
     summary = (out / "learn" / "summary.md").read_text()
     for row in ("| bgpo | 16 | 1 |", "| bgpo | 16 | 2 |", "| diffu-grpo | - | 1 |", "| diffu-grpo | - | 2 |"):
@@ -83,7 +88,7 @@ def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
     def no_training(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a stored run was trained again")
 
-    monkeypatch.setattr(learn, "train", no_training)
+    monkeypatch.setattr(pipeline, "train", no_training)
     again = invoke(*ARGS, "--model", str(model_dir), "--out", str(out))
     assert again.exit_code == 0, again.output
     assert {p: p.stat().st_mtime_ns for p in paths} == mtimes
@@ -92,7 +97,8 @@ def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
 @pytest.mark.parametrize(("args", "culprits"), [
     (["--objectives", "bgpo,grpo"], ["'grpo'", "diffu-grpo"]),
     (["--mu", "0"], ["--mu", "'0'"]),
-    (["--eval-every", "0"], ["--eval-every"]),
+    (["--eval-every", "-1"], ["--eval-every", "'-1'"]),
+    (["--set", "bgpo.nope=1"], ["nope", "n_t", "clip_eps"]),
     (["--seeds", "a"], ["--seeds", "'a'"]),
     (["--model", "/nonexistent/folder"], ["/nonexistent/folder"]),
 ])
@@ -114,18 +120,24 @@ IDS = [f"sudoku/test/{i}" for i in range(4)]
 BASE_CELL = [0.5, 0.5, 0.5, 0.5]
 
 
-def record(objective: str, mu: int, seed: int, cell: list[float], solved: list[float]) -> dict:
+def evaluation(step: int, cell: list[float], solved: list[float]) -> EvalResult:
     items = [{"id": i, "cell_accuracy": c, "solved": s, "valid": s} for i, c, s in zip(IDS, cell, solved, strict=True)]
+    metrics = {m: Estimate(sum(it[m] for it in items) / len(items), 0.0, 1.0, len(items))
+               for m in ("cell_accuracy", "solved", "valid")}
+    return EvalResult(metrics=metrics, items=items, step=step)
+
+
+BASE = evaluation(0, BASE_CELL, [0.0] * 4)
+
+
+def record(objective: str, mu: int, seed: int, cell: list[float], solved: list[float]) -> RunRecord:
     n_t = {"n_t": 16} if objective == "bgpo" else {}
-    return {"run_id": f"{objective}-mu{mu}-s{seed}", "seed": seed, "final_items": items,
-            "config": {"objective": objective, "objective_config": n_t, "train": {"mu": mu, "steps": 2}},
-            "steps": [{"reward": 0.25}, {"reward": 0.5 + seed}], "curve": [{"step": 0, "cell_accuracy": 0.5,
-                                                                           "solved": 0.0, "valid": 0.0}],
-            "seconds_per_step": 1.0 + seed, "peak_memory_mb": {"mem/peak_total_mb": 10.0 + seed}}
-
-
-BASE = {"items": [{"id": i, "cell_accuracy": c, "solved": 0.0, "valid": 0.0} for i, c in zip(IDS, BASE_CELL,
-                                                                                               strict=True)]}
+    steps = (StepMetrics(0, {"reward": 0.25, "time/step_s": 1.0 + seed, "mem/peak_total_mb": 10.0 + seed}),
+             StepMetrics(1, {"reward": 0.5 + seed, "time/step_s": 1.0 + seed}))
+    return RunRecord(run_id=f"{objective}-mu{mu}-s{seed}", fingerprint="f", task_version="1", world_size=1,
+                     config={"task": "sudoku", "objective": objective, "objective_config": n_t, "seed": seed,
+                             "train": {"mu": mu, "steps": 2}},
+                     steps=steps, evals=(BASE, evaluation(2, cell, solved)))
 
 
 def test_summary_means_deltas_time_and_memory_by_hand() -> None:
@@ -133,13 +145,13 @@ def test_summary_means_deltas_time_and_memory_by_hand() -> None:
     # is 0.5 everywhere, so the delta is 0.0625. Solved: 1 + 2 of 8 cells = 0.375.
     runs = [record("bgpo", 1, 0, [1.0, 0.5, 0.0, 0.5], [1, 0, 0, 0]),
             record("bgpo", 1, 1, [1.0, 1.0, 0.5, 0.0], [1, 1, 0, 0])]
-    row = summarize(runs, BASE)["rows"][0]
+    row = summarize(runs)["rows"][0]
     assert (row["objective"], row["n_t"], row["mu"], row["seeds"]) == ("bgpo", 16, 1, [0, 1])
     assert row["cell_accuracy"]["mean"] == pytest.approx(0.5625)
     assert row["cell_accuracy"]["low"] <= 0.5625 <= row["cell_accuracy"]["high"]
     assert row["delta_cell_accuracy"]["mean"] == pytest.approx(0.0625)
     assert row["solved"]["mean"] == pytest.approx(0.375)
-    assert row["seconds_per_step"] == pytest.approx(1.5)  # mean of 1.0 and 2.0
+    assert row["seconds_per_step"] == pytest.approx(1.5)  # median step time per seed (1.0, 2.0), mean over seeds
     assert row["peak_memory_mb"]["mem/peak_total_mb"] == 11.0  # max over seeds
     # reward_ends takes one fifth of the steps, at least one: first 0.25; last (0.5 + 1.5) / 2 = 1.0
     assert (row["train_reward_first"], row["train_reward_last"]) == (0.25, 1.0)
@@ -151,7 +163,7 @@ def test_paired_test_of_identical_arms_gives_p_one() -> None:
     test = paired_test(a, b, IDS)
     assert test["cell_accuracy_difference"]["mean"] == 0.0
     assert test["p_bootstrap"] == 1.0 and test["p_mcnemar"] == 1.0
-    assert summarize(a + b, BASE)["paired"][0]["a"] == "bgpo"
+    assert summarize(a + b)["paired"][0]["a"] == "bgpo"
 
 
 def test_paired_test_counts_seed_majority_solved() -> None:
@@ -174,7 +186,7 @@ def test_curve_rows_and_plot_from_csv_strings(tmp_path: Path) -> None:
     runs = [record(name, mu, s, [1.0, 0.5, 0.0, 0.5], [1, 0, 0, 0])
             for name in ("bgpo", "diffu-grpo") for mu in (1, 2) for s in (0, 1)]
     rows = curve_rows(runs)
-    assert len(rows) == 8 * (2 + 3)  # 2 training steps + one curve point x 3 metrics per run
+    assert len(rows) == 8 * (2 + 2 * 3)  # 2 training steps + 2 evaluations (base, final) x 3 metrics per run
     assert {r["n_t"] for r in rows if r["objective"] == "diffu-grpo"} == {""}
     as_strings = [{k: str(v) for k, v in r.items()} for r in rows]  # what csv.DictReader gives back
     path = plot_learning_curves(as_strings, tmp_path / "fig" / "curves.png", "test")

@@ -1,4 +1,5 @@
-"""Tests for harness/records.py (atomic JSON writes, environment capture) and RunConfig.run_id."""
+"""Tests for harness/runs/records.py (the typed RunRecord, its schema-1 migration, atomic JSON writes, environment
+capture) and RunConfig.run_id."""
 
 from __future__ import annotations
 
@@ -11,11 +12,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.loop.evaluate import EvalResult
+from harness.loop.stats import Estimate
 from harness.loop.trainer import TrainConfig
 from harness.runs import records
 from harness.runs.config import RunConfig
-from harness.runs.pipeline import objective_config
-from harness.runs.records import device_info, environment, package_versions, write_json_atomic
+from harness.runs.records import (
+    SCHEMA_VERSION,
+    RunRecord,
+    StepMetrics,
+    device_info,
+    environment,
+    package_versions,
+    read_record,
+    write_json_atomic,
+    write_record,
+)
+from harness.runs.sweep import RECIPES, objective_config, plan_runs
+
+V1 = Path(__file__).parent / "data" / "records"
 
 
 def test_write_json_atomic_writes_valid_json_and_no_temp_file(tmp_path: Path) -> None:
@@ -100,7 +115,7 @@ def test_device_info_cpu() -> None:
 
 def test_environment_has_versions_device_and_commit_and_is_json() -> None:
     env = environment(torch.device("cpu"))
-    assert {"versions", "device", "git_commit", "schema_version"} <= set(env)
+    assert {"versions", "device", "git_commit"} == set(env)
     assert env["git_commit"] is None or isinstance(env["git_commit"], str)
     json.dumps(env)  # a record must serialise without default=str for these fields
 
@@ -136,3 +151,52 @@ def test_run_id_for_objective_without_n_t() -> None:
     assert not hasattr(cfg.objective_config, "n_t")
     assert cfg.run_id().startswith("sudoku-diffu-grpo-mu1-s0-")
     assert cfg.run_id() == _config("diffu-grpo", n_t=None).run_id()
+
+
+def prefix(run_id: str) -> str:
+    return run_id.rsplit("-", 1)[0]
+
+
+def test_a_v1_compare_record_migrates_to_the_fingerprint_a_fresh_run_of_its_settings_gets() -> None:
+    record = read_record(V1 / "v1-compare.json")  # a committed `harness compare` record of schema 1, items cut to 3
+    planned = {prefix(c.run_id()): c for c in plan_runs(RECIPES["compare"])}[prefix(record.run_id)]
+    assert record.schema_version == SCHEMA_VERSION == 2 and record.ok
+    assert record.fingerprint == planned.fingerprint() != "5c2138fa6fed752e"  # the v1 fingerprint lacked eval.every
+    assert record.config["eval"]["every"] == 0 and [e.step for e in record.evals] == [0, 30]
+    assert record.before.summary()["cell_accuracy"]["mean"] == 0.5655
+    assert record.after.summary()["cell_accuracy"] == {"mean": 0.598, "low": 0.5792437500000001,
+                                                       "high": 0.61750625, "n": 500}
+    assert len(record.after.items) == 3 and [s.step for s in record.steps] == [0, 1, 2]
+
+
+def test_a_v1_learn_record_migrates_to_the_same_schema_with_its_curve_as_evaluations() -> None:
+    record = read_record(V1 / "v1-learn.json")  # a committed `harness bench learn` record of schema 1
+    planned = {prefix(c.run_id()): c for c in plan_runs(RECIPES["learn"])}[prefix(record.run_id)]
+    assert record.fingerprint == planned.fingerprint() and record.config["eval"]["every"] == 25
+    assert [e.step for e in record.evals] == [0, 25, 50, 75, 100]
+    assert record.after.summary()["cell_accuracy"] == {"mean": 0.594, "low": 0.5755, "high": 0.612, "n": 500}
+    middle = record.evals[1].metrics["cell_accuracy"]  # curve points had no intervals: NaN bounds, not made up
+    assert middle.mean == 0.596 and middle.low != middle.low and middle.n == 500
+
+
+def test_a_record_written_is_read_back_equal(tmp_path: Path) -> None:
+    estimate = Estimate(0.5, 0.25, 0.75, 4)
+    record = RunRecord(run_id="r", fingerprint="f", config={"task": "sudoku", "objective": "bgpo",
+                                                             "objective_config": {"n_t": 4}, "seed": 1,
+                                                             "train": {"mu": 2, "steps": 2}},
+                       task_version="1", world_size=2, outcome="nan", error="boom",
+                       steps=(StepMetrics(0, {"reward": 0.5, "time/step_s": 1.5}),),
+                       evals=(EvalResult({"cell_accuracy": estimate}, [{"id": "a", "cell_accuracy": 0.5}], 0),),
+                       reference_s=0.01, versions={"torch": "x"}, device={"name": "cpu"})
+    write_record(tmp_path / "r.json", record)
+    again = read_record(tmp_path / "r.json")
+    assert again == record and (again.n_t, again.mu, again.seed, again.after) == (4, 2, 1, None)
+
+
+@pytest.mark.parametrize(("text", "why"), [("{\n oops", ":2: not JSON"), ('{"run_id": "x"}', ": not a run record")])
+def test_an_unreadable_record_is_one_error_naming_the_file(tmp_path: Path, text: str, why: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="bad.json") as error:
+        read_record(path)
+    assert why in str(error.value)

@@ -16,7 +16,7 @@ from conftest import make_policy
 
 from harness.loop.trainer import TrainConfig, train
 from harness.model.rollout import RolloutConfig
-from harness.runs.pipeline import objective_config
+from harness.runs.sweep import objective_config
 from objectives import OBJECTIVES
 from tasks.base import Item
 

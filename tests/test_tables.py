@@ -8,20 +8,31 @@ max over steps of each category separately; step time as the median over the ste
 
 from __future__ import annotations
 
+import dataclasses
+
+from harness.loop.evaluate import EvalResult
+from harness.loop.stats import Estimate
 from harness.report.tables import HEADERS, comparison_table, markdown_table
+from harness.runs.records import RunRecord, StepMetrics
 
 METRIC = "cell_accuracy"
 
 
-def _estimate(mean: float, low: float, high: float, n: int = 8) -> dict[str, float]:
-    return {"mean": mean, "low": low, "high": high, "n": n}
+def _estimate(mean: float, low: float, high: float, n: int = 8) -> Estimate:
+    return Estimate(mean, low, high, n)
 
 
-def _record(objective: str, objective_config: dict, seed: int, before: dict, after: dict, steps: list[dict]) -> dict:
-    return {"config": {"task": "sudoku", "objective": objective, "objective_config": objective_config, "seed": seed},
-            "eval": {"before": {METRIC: before, "solved": _estimate(0, 0, 0)},
-                     "after": {METRIC: after, "solved": _estimate(0, 0, 0)}},
-            "steps": steps}
+def _evaluation(step: int, estimate: Estimate) -> EvalResult:
+    return EvalResult({METRIC: estimate, "solved": _estimate(0, 0, 0)}, [], step)
+
+
+def _record(objective: str, objective_config: dict, seed: int, before: Estimate, after: Estimate,
+            steps: list[dict]) -> RunRecord:
+    config = {"task": "sudoku", "objective": objective, "objective_config": objective_config, "seed": seed,
+              "train": {"mu": 2, "steps": len(steps)}}
+    return RunRecord(run_id=f"{objective}-{seed}", fingerprint="f", config=config, task_version="1", world_size=1,
+                     steps=tuple(StepMetrics(i, s) for i, s in enumerate(steps)),
+                     evals=(_evaluation(0, before), _evaluation(len(steps), after)))
 
 
 # bgpo, n_t=4, 3 steps (a fifth rounds up to 1 step, so reward is plain first -> last).
@@ -99,6 +110,6 @@ def test_rich_table_has_one_row_per_record() -> None:
 
 
 def test_a_failed_run_shows_its_outcome() -> None:
-    failed = {**BGPO, "outcome": "nan", "eval": {"before": BGPO["eval"]["before"], "after": None}}
+    failed = dataclasses.replace(BGPO, outcome="nan", evals=BGPO.evals[:1])
     row = markdown_table([failed]).rstrip("\n").split("\n")[2]
     assert row == "| sudoku | bgpo | 4 | 0 | 25.0 [12.5, 37.5] | - | nan | 0.10 -> 0.75 | 15.3 | 20.0 | 0.50 |"

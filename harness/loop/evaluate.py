@@ -19,14 +19,14 @@ class EvalConfig:
 
     split: str = "test"
     """Task split evaluated: test (the reported numbers), validation (for tuning) or train."""
-    limit: int = 0
+    limit: int = field(default=0, metadata={"min": 0})
     """Evaluate the first ``limit`` items only (0 = all; for quick tries, never for reported numbers)."""
-    every: int = 0
+    every: int = field(default=0, metadata={"min": 0})
     """Also evaluate after every ``every`` RL steps (0 = only before training and after the last step). The number
     reported is always the last step's, never the best step's on the test set (that would overfit the test set)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Decoding protocol of the evaluation (greedy: temperature 0)."""
-    batch_size: int = 100
+    batch_size: int = field(default=100, metadata={"min": 1})
     """Items decoded per batch."""
 
     def due(self, done: int, total: int) -> bool:

@@ -38,17 +38,17 @@ or 0.6) kept groups diverse and gains rising for longer."""
 class TrainConfig:
     """The RL loop: batch shape, optimiser, schedule. Defaults fit a laptop CPU run on the tiny model."""
 
-    steps: int = 30
+    steps: int = field(default=30, metadata={"min": 1})
     """Rollout batches (each followed by mu optimizer updates)."""
-    prompts_per_step: int = 8
+    prompts_per_step: int = field(default=8, metadata={"min": 1})
     """B: prompts per rollout batch."""
-    group_size: int = 8
+    group_size: int = field(default=8, metadata={"min": 2})
     """G: completions per prompt (group advantages need G >= 2)."""
-    mu: int = 1
+    mu: int = field(default=1, metadata={"min": 1})
     """Optimizer updates per rollout batch; 1 is on-policy, later updates replay the stored draws off-policy."""
     lr: float = 1e-4
     """AdamW learning rate. Measured on the tiny default (issue #4): lr >= 2e-4 collapsed the ELBO objectives."""
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata={"min": 0})
     """Linear learning-rate warm-up, in optimizer updates."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -56,7 +56,7 @@ class TrainConfig:
     """Gradient-norm clip before every optimizer update."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=TRAIN_TEMPERATURE))
     """Decoding protocol of the training rollouts (sampled; evaluation is greedy)."""
-    track_memory_steps: int = 1
+    track_memory_steps: int = field(default=1, metadata={"min": 0})
     """Steps (from the first) whose memory is tracked on CPU; the tracker slows them, so times use the others."""
 
     def validate(self) -> None:

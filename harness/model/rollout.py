@@ -34,7 +34,7 @@ Departures from LLaDA's ``generate.py``, each deliberate:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -46,11 +46,11 @@ from harness.model.structs import Rollout
 class RolloutConfig:
     """LLaDA decoding protocol (low-confidence remasking, semi-autoregressive blocks)."""
 
-    gen_length: int = 24
+    gen_length: int = field(default=24, metadata={"min": 1})
     """Completion length L in tokens; the completion starts as L mask tokens."""
-    block_length: int = 8
+    block_length: int = field(default=8, metadata={"min": 1})
     """Semi-autoregressive block size; must divide gen_length."""
-    steps: int = 12
+    steps: int = field(default=12, metadata={"min": 1})
     """Total denoising steps; steps / (gen_length / block_length) per block, must divide evenly."""
     temperature: float = 0.0
     """Gumbel-max temperature; 0 is greedy."""

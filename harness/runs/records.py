@@ -193,7 +193,7 @@ def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
     version = str(data.get("task_version") or lookup("task", config["task"], TASKS).version)
     world_size = int(data.get("world_size", 1))
     ok = data.get("outcome", "ok") == "ok"
-    n_steps = len(data.get("steps") or [])
+    n_steps = config["train"]["steps"]  # an ok run ran them all
     if learn:  # curve [{step, metric: mean}], final_eval, final_items
         n = data["final_eval"][next(iter(data["final_eval"]))]["n"]
         points = [{"step": p["step"], "metrics": {m: {"mean": v, "low": math.nan, "high": math.nan, "n": n}

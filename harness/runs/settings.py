@@ -44,6 +44,8 @@ class Setting:
     optional: bool
     """None is a valid value (e.g. memory_budget)."""
     help: str
+    minimum: int | None = None
+    """Smallest valid value (of each element for a list), from the field's ``metadata={"min": ...}``."""
 
     @property
     def flag(self) -> str:
@@ -89,7 +91,7 @@ def walk(cls: type, path: tuple[str, ...] = ()) -> list[Setting]:
         if leaf is None:
             raise TypeError(f"{cls.__name__}.{f.name}: a setting must be a scalar, a tuple or a config")
         key = "_".join(part for part in (*path, f.name) if part != "train")
-        found.append(Setting(key, (*path, f.name), *leaf, docs.get(f.name, "")))
+        found.append(Setting(key, (*path, f.name), *leaf, docs.get(f.name, ""), f.metadata.get("min")))
     return found
 
 
@@ -118,7 +120,10 @@ def unknown_key(where: str, key: str, known: list[str]) -> ValueError:
     return ValueError(f"{where}: unknown key '{key}'{hint} (valid: {', '.join(known)})")
 
 
-def convert(value: Any, kind: type, optional: bool, where: str) -> Any:
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+def convert(value: Any, kind: type, optional: bool, where: str, minimum: int | None = None) -> Any:
     """One value of type ``kind`` from a TOML value or command-line text; ValueError naming ``where``."""
     if isinstance(value, str) and kind is not str:
         text = value.strip()
@@ -129,17 +134,20 @@ def convert(value: Any, kind: type, optional: bool, where: str) -> Any:
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError
                 return text.lower() in ("true", "1")
-            return kind(text)
+            converted = kind(text)
         except ValueError:
-            raise ValueError(f"{where}: {value!r} is not a {kind.__name__}") from None
-    if value is None and optional:
+            raise ValueError(f"{where}: {value!r} is not {KIND_NAMES[kind]}") from None
+    elif value is None and optional:
         return None
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise ValueError(f"{where}: {value!r} is not a {kind.__name__}")
-    return value
+    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+        converted = float(value)
+    elif isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        converted = value
+    else:
+        raise ValueError(f"{where}: {value!r} is not {KIND_NAMES[kind]}")
+    if minimum is not None and converted < minimum:
+        raise ValueError(f"{where}: {value!r} is not {KIND_NAMES[kind]} >= {minimum}")
+    return converted
 
 
 def parse_values(setting: Setting, raw: Any, where: str) -> tuple[Any, ...]:
@@ -152,7 +160,7 @@ def parse_values(setting: Setting, raw: Any, where: str) -> tuple[Any, ...]:
         items = list(raw) if isinstance(raw, list | tuple) else [raw]
     if not items and not setting.is_list:
         raise ValueError(f"{where}: no value")
-    return tuple(convert(v, setting.kind, setting.optional, where) for v in items)
+    return tuple(convert(v, setting.kind, setting.optional, where, setting.minimum) for v in items)
 
 
 def apply_settings(spec: Any, values: dict[str, Any], where: str, flags: bool = False) -> Any:
@@ -204,4 +212,5 @@ def objective_override(config: Any, key: str, value: Any, where: str) -> Any:
     if key not in settings:
         raise unknown_key(where, key, list(settings))
     setting = settings[key]
-    return replace(config, setting.path, convert(value, setting.kind, setting.optional, f"{where}.{key}"))
+    return replace(config, setting.path, convert(value, setting.kind, setting.optional, f"{where}.{key}",
+                                                 setting.minimum))

@@ -45,12 +45,12 @@ class SweepSpec:
 
     objectives: tuple[str, ...] = ("bgpo", "vrpo", "diffu-grpo")
     """Objectives compared (`harness ls`), in table order; the first is each task's time anchor in the gate."""
-    nt: tuple[int, ...] = (4, 16)
+    nt: tuple[int, ...] = field(default=(4, 16), metadata={"min": 1})
     """n_t values (ELBO Monte Carlo draws) of the ELBO objectives, each a run; with memory_budget, the candidates
     from which each objective gets the largest that fits. An objective given n_t by --set runs at that one only."""
     tasks: tuple[str, ...] = ("sudoku",)
     """Tasks (`harness ls`)."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0})
     """Seeds: each (task, objective, n_t) runs once per seed."""
     model: str = "tiny"
     """'tiny' (the built-in model, pretrained on first use) or a local Hugging Face checkpoint folder."""
@@ -62,7 +62,7 @@ class SweepSpec:
     """e.g. '80GiB': give each ELBO objective the largest n_t whose measured peak memory fits."""
     device: str = "cpu"
     """cpu, cuda, cuda:N or auto."""
-    threads: int = 2
+    threads: int = field(default=2, metadata={"min": 1})
     """torch CPU threads (set explicitly: oversubscription slows steps several-fold)."""
     data_dir: str | None = None
     """Local task data folder (else the DLLM_HARNESS_DATA_DIR env var, else the Hub)."""
@@ -177,16 +177,12 @@ def validate_spec(spec: SweepSpec, where: str = "") -> None:
     for key in ("objectives", "tasks", "seeds"):
         if not getattr(spec, key):
             raise ValueError(f"{where}{table[key].flag}: empty")
+    if spec.model != "tiny" and not Path(spec.model).is_dir():
+        raise ValueError(f"{where}--model {spec.model!r}: no such folder (use 'tiny' or a local checkpoint folder)")
     for name in spec.objectives:
         lookup("objective", name, OBJECTIVES)
     for name in spec.tasks:
         lookup("task", name, TASKS)
-    for key, minimum in (("nt", 1), ("seeds", 0)):
-        bad = [v for v in getattr(spec, key) if v < minimum]
-        if bad:
-            raise ValueError(f"{where}{table[key].flag}: {bad[0]} is not an integer >= {minimum}")
-    if spec.threads < 1:
-        raise ValueError(f"{where}--threads: {spec.threads} is not an integer >= 1")
     if spec.memory_budget is not None:
         parse_size(spec.memory_budget)
     ElboConfig(estimator=spec.estimator)
