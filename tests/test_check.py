@@ -129,6 +129,7 @@ def check_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_check_command_exit_codes(tmp_path: Path) -> None:
     results = write_rows(tmp_path / "results.jsonl", BASE_ROWS)
     baseline = tmp_path / "baseline.json"
@@ -152,6 +153,7 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     assert broken.returncode == 2 and broken.stderr.strip().startswith(f"error: --baseline {tmp_path}/broken.json:3")
 
 
+@pytest.mark.slow
 def test_commands_report_a_truncated_results_line_and_go_on(tmp_path: Path, baseline: dict) -> None:
     results = write_rows(tmp_path / "results.jsonl", BASE_ROWS)
     with results.open("a") as handle:
@@ -291,6 +293,7 @@ def test_committed_records_and_results_carry_the_baseline_fingerprints() -> None
 
 
 # ---- unreadable inputs ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_missing_results_file_or_a_row_without_a_figure_is_one_line_exit_2(tmp_path: Path, baseline: dict) -> None:
     (tmp_path / "baseline.json").write_text(json.dumps(baseline))
     missing = check_cli("--baseline", str(tmp_path / "baseline.json"), "--results", "/no/such.jsonl")

@@ -17,6 +17,8 @@ import pytest
 import torch
 from conftest import make_policy
 
+from harness.runs.records import RunRecord, read_record
+
 
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
@@ -31,7 +33,7 @@ BAD_INPUT = [
     pytest.param(["compare", "--nt", "0"], ["--nt", "'0'"], id="nt-zero"),
     pytest.param(["compare", "--nt", "x"], ["--nt", "'x'"], id="nt-not-a-number"),
     pytest.param(["compare", "--nt", "4,-1"], ["--nt", "'-1'"], id="nt-negative-in-list"),
-    pytest.param(["compare", "--task", "sudokku"], ["'sudokku'", "sudoku"], id="unknown-task"),
+    pytest.param(["compare", "--tasks", "sudokku"], ["'sudokku'", "sudoku"], id="unknown-task"),
     pytest.param(["compare", "--model", "/nonexistent/folder"], ["/nonexistent/folder"], id="missing-model"),
     pytest.param(["compare", "--steps", "0"], ["--steps", "0"], id="steps-zero"),
     pytest.param(["compare", "--device", "cuda"], ["cuda"], id="no-cuda",
@@ -83,6 +85,7 @@ METRICS = ("cell_accuracy", "solved", "valid")
 EVAL_LIMIT = 8
 
 
+@pytest.mark.slow
 def test_compare_smoke_writes_complete_records(tmp_path: Path) -> None:
     """3 objectives x 2 steps x mu=2 on a 1-layer float32 model saved to disk; records carry everything."""
     model_dir = tmp_path / "model"
@@ -102,10 +105,10 @@ def test_compare_smoke_writes_complete_records(tmp_path: Path) -> None:
 
     paths = sorted((out / "runs").glob("*.json"))
     assert len(paths) == 3
-    records = [json.loads(p.read_text()) for p in paths]
-    assert sorted(r["config"]["objective"] for r in records) == ["bgpo", "diffu-grpo", "vrpo"]
+    records = [read_record(p) for p in paths]
+    assert sorted(r.objective for r in records) == ["bgpo", "diffu-grpo", "vrpo"]
     for path, record in zip(paths, records, strict=True):
-        assert path.name == f"{record['run_id']}.json"
+        assert path.name == f"{record.run_id}.json" and json.loads(path.read_text())["schema_version"] == 2
         check_record(record, str(model_dir))
 
     table = (out / "compare.md").read_text()
@@ -113,34 +116,33 @@ def test_compare_smoke_writes_complete_records(tmp_path: Path) -> None:
         assert f"| {name} |" in table
 
 
-def check_record(record: dict, model_dir: str) -> None:
-    cfg = record["config"]
+def check_record(record: RunRecord, model_dir: str) -> None:
+    cfg = record.config
     name = cfg["objective"]
     if name in ("bgpo", "vrpo"):
         assert cfg["objective_config"]["n_t"] == 2
     assert cfg["model"] == model_dir and cfg["task"] == "sudoku" and cfg["seed"] == 0
     assert cfg["train"]["steps"] == 2 and cfg["train"]["mu"] == 2 and cfg["eval"]["limit"] == EVAL_LIMIT
     for phase in ("train", "eval"):
-        assert DECODING_FIELDS <= set(cfg[phase]["rollout"])
-        assert DECODING_FIELDS <= set(record["decoding"][phase])
-        assert record["decoding"][phase] == cfg[phase]["rollout"]
-    assert record["decoding"]["eval"]["temperature"] == 0.0  # greedy evaluation
-    assert record["seed"] == 0
+        assert DECODING_FIELDS <= set(cfg[phase]["rollout"])  # both decoding protocols are in the config
+    assert cfg["eval"]["rollout"]["temperature"] == 0.0  # greedy evaluation
+    assert record.fingerprint and record.run_id.endswith(record.fingerprint[:8]) and record.world_size == 1
 
-    steps = record["steps"]
-    assert len(steps) == 2
+    steps = record.steps
+    assert [s.step for s in steps] == [0, 1]
     for step in steps:
         for key in ("reward", "loss/policy", "time/rollout_s", "time/update_s"):
-            assert key in step, f"{name}: step lacks {key}"
-    assert "mem/peak_activations_mb" in steps[0] and steps[0]["mem/peak_activations_mb"] > 0
-    assert steps[0]["mem_tracked"] == 1.0 and steps[1]["mem_tracked"] == 0.0
+            assert key in step.metrics, f"{name}: step lacks {key}"
+    assert steps[0].metrics["mem/peak_activations_mb"] > 0
+    assert steps[0].metrics["mem_tracked"] == 1.0 and steps[1].metrics["mem_tracked"] == 0.0
 
-    for when in ("before", "after"):
+    assert [e.step for e in record.evals] == [0, 2]  # the base policy, then after the last step
+    for evaluation in record.evals:
         for metric in METRICS:
-            est = record["eval"][when][metric]
-            assert est["n"] == EVAL_LIMIT
-            assert est["low"] <= est["mean"] <= est["high"], (name, when, metric, est)
+            est = evaluation.metrics[metric]
+            assert est.n == EVAL_LIMIT
+            assert est.low <= est.mean <= est.high, (name, evaluation.step, metric, est)
+    assert len(record.after.items) == EVAL_LIMIT and "completion" in record.after.items[0]
 
-    assert {"torch", "transformers", "python"} <= set(record["versions"])
-    assert record["device"]["type"] == "cpu" and record["device"]["name"]
-    assert "git_commit" in record
+    assert {"torch", "transformers", "python"} <= set(record.versions)
+    assert record.device["type"] == "cpu" and record.device["name"]

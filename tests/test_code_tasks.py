@@ -18,6 +18,7 @@ from tasks.humaneval import HumanEval, split_check
 from tasks.mbpp import MBPP
 
 
+@pytest.mark.slow
 @pytest.mark.needs_data
 def test_reference_solutions_pass_humaneval_164_of_164_and_mbpp_500_of_500() -> None:
     he, mbpp = HumanEval(), MBPP()

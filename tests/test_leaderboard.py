@@ -153,6 +153,7 @@ def _expected(order: list[tuple]) -> list[tuple[str, ...]]:
     return [(t, o, "-" if n is None else str(n), str(m)) for t, o, n, m in order]
 
 
+@pytest.mark.slow
 def test_html_page_in_browser(tmp_path: Path, browser: Any) -> None:
     path = write_leaderboard(ROWS, tmp_path, TITLE)["html"]
     source = path.read_text(encoding="utf-8")
@@ -179,6 +180,7 @@ def test_html_page_in_browser(tmp_path: Path, browser: Any) -> None:
         page.close()
 
 
+@pytest.mark.slow
 def test_browser_check_catches_script_error(tmp_path: Path, browser: Any) -> None:
     """Negative control: the same page with a call to an undefined function must be reported."""
     source = write_leaderboard(ROWS[:3], tmp_path, "t")["html"].read_text(encoding="utf-8")

@@ -43,6 +43,7 @@ def model_dir(tmp_path: Path) -> Path:
     return save_model(tmp_path / "model")
 
 
+@pytest.mark.slow
 def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
         model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "res"

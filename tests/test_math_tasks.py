@@ -66,6 +66,7 @@ def test_countdown_solver_answers_all_256_test_items(countdown: Countdown) -> No
         f"that evaluates to exactly 23. {RULES}"
 
 
+@pytest.mark.slow
 def test_generated_countdown_items_never_meet_a_test_item(countdown: Countdown) -> None:
     test = {key(item) for item in countdown.load("test")}
     train = [key(item) for item in countdown.load("train")]

@@ -24,7 +24,9 @@ from tasks.sudoku import Sudoku
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.jsonl"))
-SAMPLE_PARAMS = [pytest.param(p, id=p.stem, marks=[] if p.stem in PACKAGED_TASKS else [pytest.mark.needs_data])
+SLOW_SAMPLES = frozenset({"humaneval", "mbpp"})
+SAMPLE_PARAMS = [pytest.param(p, id=p.stem, marks=([] if p.stem in PACKAGED_TASKS else [pytest.mark.needs_data])
+                              + ([pytest.mark.slow] if p.stem in SLOW_SAMPLES else []))
                  for p in SAMPLE_FILES]
 
 

@@ -20,7 +20,9 @@ import pytest
 import torch
 from conftest import save_model
 
-from harness.loop.trainer import COLLAPSE_WINDOW, TrainingStopped, stop_reason
+from harness.loop.evaluate import EvalConfig
+from harness.loop.trainer import COLLAPSE_WINDOW, TrainConfig, TrainingStopped, stop_reason
+from harness.runs.records import read_record
 from harness.runs.results_file import read_results
 from harness.runs.sweep import SweepSpec, load_sweep_file, plan_runs, run_sweep
 
@@ -63,6 +65,7 @@ def rows_by_id(out: Path) -> dict[str, dict]:
     return {r["run_id"]: {k: r[k] for k in DETERMINISTIC} for r in rows}
 
 
+@pytest.mark.slow
 def test_sigkilled_sweep_resumes_to_the_same_six_records(sweep_file: Path, tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(sweep_cmd(sweep_file, whole), capture_output=True, text=True, timeout=300)
@@ -89,7 +92,7 @@ def test_sigkilled_sweep_resumes_to_the_same_six_records(sweep_file: Path, tmp_p
 
 
 def test_runs_go_in_a_fixed_order() -> None:
-    spec = SweepSpec(objectives=("vrpo", "diffu-grpo", "bgpo"), nts=(16, 4), tasks=("sudoku", "countdown"),
+    spec = SweepSpec(objectives=("vrpo", "diffu-grpo", "bgpo"), nt=(16, 4), tasks=("sudoku", "countdown"),
                      seeds=(1, 0))
     order = [(c.task, c.objective, getattr(c.objective_config, "n_t", None), c.seed) for c in plan_runs(spec)]
     assert order[:5] == [("sudoku", "vrpo", 4, 1), ("sudoku", "vrpo", 4, 0), ("sudoku", "vrpo", 16, 1),
@@ -97,7 +100,7 @@ def test_runs_go_in_a_fixed_order() -> None:
     assert len(order) == 2 * (2 * 2 + 2 + 2 * 2) and order == sorted(order, key=lambda o: o[0] != "sudoku")
 
 
-def failing_runner(cfg, before, on_step):  # noqa: ANN001, ANN201 - the sweep's Runner, failing by seed
+def failing_runner(cfg, model_path, context, on_step):  # noqa: ANN001, ANN201 - a Trainer, failing by seed
     if cfg.seed == 0:
         raise TrainingStopped("nan", "non-finite loss nan at step 1", [{"reward": 0.5, "time/step_s": 0.1}])
     if cfg.seed == 1:
@@ -107,24 +110,25 @@ def failing_runner(cfg, before, on_step):  # noqa: ANN001, ANN201 - the sweep's 
 
 def test_oom_nan_and_errors_are_recorded_outcomes_not_crashes(tmp_path: Path) -> None:
     spec = SweepSpec(objectives=("diffu-grpo",), seeds=(0, 1, 2), model=str(save_model(tmp_path / "m")),
-                     eval_limit=4, threads=1)
-    result = run_sweep(spec, tmp_path / "out", print, run=failing_runner)
-    outcomes = [r["outcome"] for r in result.records]
+                     eval=EvalConfig(limit=4), threads=1)
+    result = run_sweep(spec, tmp_path / "out", print, trainer=failing_runner)
+    outcomes = [r.outcome for r in result.records]
     assert outcomes == ["nan", "oom", "error"]
-    assert "out of memory" in result.records[1]["error"] and "RuntimeError: boom" in result.records[2]["error"]
+    assert "out of memory" in result.records[1].error and "RuntimeError: boom" in result.records[2].error
+    assert all(r.after is None and [e.step for e in r.evals] == [0] for r in result.records)
     rows = read_results(tmp_path / "out" / "results.jsonl", pytest.fail)
     assert [r["outcome"] for r in rows] == outcomes and all(r["after"] is None for r in rows)
     assert rows[0]["reward_curve"] == [0.5]
-    again = run_sweep(spec, tmp_path / "out", print, run=failing_runner)  # outcomes are results: not re-run
+    again = run_sweep(spec, tmp_path / "out", print, trainer=failing_runner)  # outcomes are results: not re-run
     assert again.skipped == 3
 
 
 def test_a_real_nan_stops_training_as_outcome_nan(tmp_path: Path) -> None:
-    spec = SweepSpec(objectives=("diffu-grpo",), model=str(save_model(tmp_path / "m")), eval_limit=4, threads=1,
-                     train=SweepSpec().train.__class__(steps=4, prompts_per_step=2, group_size=2, lr=math.inf))
+    spec = SweepSpec(objectives=("diffu-grpo",), model=str(save_model(tmp_path / "m")), eval=EvalConfig(limit=4),
+                     threads=1, train=TrainConfig(steps=4, prompts_per_step=2, group_size=2, lr=math.inf))
     record = run_sweep(spec, tmp_path / "out", print).records[0]
-    assert record["outcome"] == "nan", record.get("error")
-    assert 1 <= len(record["steps"]) < 4 and "non-finite" in record["error"]
+    assert record.outcome == "nan", record.error
+    assert 1 <= len(record.steps) < 4 and "non-finite" in record.error
 
 
 def test_collapse_rule() -> None:
@@ -149,13 +153,13 @@ def test_truncated_results_line_is_reported_with_path_and_line_and_skipped(tmp_p
 
 
 def test_a_sweep_heals_its_results_file(tmp_path: Path) -> None:
-    spec = SweepSpec(objectives=("diffu-grpo",), seeds=(0, 1), model=str(save_model(tmp_path / "m")), eval_limit=4,
-                     threads=1)
+    spec = SweepSpec(objectives=("diffu-grpo",), seeds=(0, 1), model=str(save_model(tmp_path / "m")),
+                     eval=EvalConfig(limit=4), threads=1)
     out = tmp_path / "out"
-    run_sweep(spec, out, print, run=failing_runner)
+    run_sweep(spec, out, print, trainer=failing_runner)
     text = (out / "results.jsonl").read_text()
     (out / "results.jsonl").write_text(text + text[:30])  # a duplicate cut short by a kill
-    run_sweep(spec, out, print, run=failing_runner)
+    run_sweep(spec, out, print, trainer=failing_runner)
     assert (out / "results.jsonl").read_text() == text
 
 
@@ -165,20 +169,27 @@ def test_sweep_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad.toml \[sweep\]: unknown key 'n_t'"):
         load_sweep_file(bad, SweepSpec())
     bad.write_text("[sweep]\nseeds = [0, -1]\n")
-    with pytest.raises(ValueError, match="seeds must be a list of integers >= 0"):
+    with pytest.raises(ValueError, match=r"\[sweep\]: seeds: -1 is not an integer >= 0"):
         load_sweep_file(bad, SweepSpec())
     bad.write_text("[sweep]\nsteps = 'ten'\n")
-    with pytest.raises(ValueError, match="steps = 'ten' is not a int"):
+    with pytest.raises(ValueError, match=r"\[sweep\]: steps: 'ten' is not an integer"):
+        load_sweep_file(bad, SweepSpec())
+    bad.write_text("[sweep]\nmu = [1, 2]\n[objectives.bgpo]\nclip_eps = 0.2\nnope = 1\n")
+    with pytest.raises(ValueError, match=r"\[objectives\] bgpo: unknown key 'nope'.*valid: n_t, micro_batch_size"):
         load_sweep_file(bad, SweepSpec())
     bad.write_text("[sweep]\nsteps = = 3\n")
     with pytest.raises(ValueError, match=r"bad.toml:2: Invalid value"):
         load_sweep_file(bad, SweepSpec())
     good = tmp_path / "good.toml"
     good.write_text("[sweep]\nobjectives = ['vrpo']\nnt = [2, 8]\ntasks = ['countdown']\nlr = 3e-5\n"
-                    "temperature = 1\n")
+                    "rollout_temperature = 1\nmu = [1, 2]\n"
+                    "[objectives.vrpo]\nclip_eps = 0.2\nelbo.estimator = 't-iid'\n")
     spec = load_sweep_file(good, SweepSpec())
-    assert (spec.objectives, spec.nts, spec.tasks, spec.train.lr) == (("vrpo",), (2, 8), ("countdown",), 3e-5)
-    assert spec.train.rollout.temperature == 1.0
+    assert (spec.objectives, spec.nt, spec.tasks, spec.train.lr) == (("vrpo",), (2, 8), ("countdown",), 3e-5)
+    assert spec.train.rollout.temperature == 1.0 and spec.vary == (("mu", (1, 2)),)
+    runs = plan_runs(spec)  # n_t ascending, then the varied mu, then seeds
+    assert [(r.objective_config.n_t, r.train.mu) for r in runs] == [(2, 1), (2, 2), (8, 1), (8, 2)]
+    assert {(r.objective_config.clip_eps, r.objective_config.elbo.estimator) for r in runs} == {(0.2, "t-iid")}
 
 
 def test_memory_budget_gives_each_objective_the_largest_fitting_nt(tmp_path: Path) -> None:
@@ -192,7 +203,7 @@ def test_memory_budget_gives_each_objective_the_largest_fitting_nt(tmp_path: Pat
         with pytest.raises(ValueError, match="--memory-budget"):
             parse_size(bad)
     model = save_model(tmp_path / "m")
-    spec = SweepSpec(objectives=("bgpo", "vrpo", "diffu-grpo"), nts=(1, 2, 4, 8), model=str(model), threads=1)
+    spec = SweepSpec(objectives=("bgpo", "vrpo", "diffu-grpo"), nt=(1, 2, 4, 8), model=str(model), threads=1)
     probe = fit_nts(SweepSpec(**{**spec.__dict__, "memory_budget": "100GiB"}), model, torch.device("cpu"), tmp_path)
     assert probe == {"bgpo": (8,), "vrpo": (8,)}
     measured = json.loads((tmp_path / "memory_budget.json").read_text())["probes"]
@@ -229,15 +240,15 @@ def test_budget_bench_at_a_model_shape(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_record_is_kept_aside_and_its_run_redone(tmp_path: Path) -> None:
-    spec = SweepSpec(objectives=("diffu-grpo",), seeds=(0,), model=str(save_model(tmp_path / "m")), eval_limit=4,
-                     threads=1)
+    spec = SweepSpec(objectives=("diffu-grpo",), seeds=(0,), model=str(save_model(tmp_path / "m")),
+                     eval=EvalConfig(limit=4), threads=1)
     out = tmp_path / "out"
-    first = run_sweep(spec, out, print, run=failing_runner).records[0]
-    path = out / "runs" / f"{first['run_id']}.json"
+    first = run_sweep(spec, out, print, trainer=failing_runner).records[0]
+    path = out / "runs" / f"{first.run_id}.json"
     path.write_text('{"run_id": "x", "steps": [')  # a hand edit gone wrong
     warnings: list[str] = []
-    again = run_sweep(spec, out, warnings.append, run=failing_runner)
-    assert again.skipped == 0 and again.records[0]["outcome"] == "nan"
+    again = run_sweep(spec, out, warnings.append, trainer=failing_runner)
+    assert again.skipped == 0 and again.records[0].outcome == "nan"
     assert len(warnings) == 1 and warnings[0].startswith(f"{path}: unreadable")
     assert warnings[0].endswith("the run will be redone")
     assert len(list((out / "runs").glob("*.bad-*"))) == 1 and json.loads(path.read_text())["outcome"] == "nan"
@@ -251,7 +262,7 @@ def test_no_committed_run_would_have_been_stopped() -> None:
     assert paths, f"no committed run records under {root}"
     spikes = 0
     for path in paths:
-        history = json.loads(path.read_text())["steps"]
+        history = [step.metrics for step in read_record(path).steps]
         assert all(stop_reason(history[:k]) is None for k in range(1, len(history) + 1)), path.name
         spikes += max(step["grad_norm"] for step in history) > 1e8
     assert spikes >= 2

@@ -203,7 +203,7 @@ def finished_record(path: Path, warn: Callable[[str], None], move_aside: bool = 
     try:
         return read_record(path)
     except ValueError as error:
-        why = str(error).removeprefix(f"{path}: ")
+        why = f"unreadable ({str(error).removeprefix(str(path)).lstrip(':0123456789 ')})"
     aside = path.with_suffix(f".bad-{int(time.time())}")
     if move_aside:
         path.rename(aside)
