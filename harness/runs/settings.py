@@ -176,11 +176,11 @@ def apply_settings(spec: Any, values: dict[str, Any], where: str, flags: bool = 
         parsed = parse_values(setting, raw, at.strip())
         if setting.is_list:
             spec = replace(spec, setting.path, parsed)
-        elif len(parsed) == 1:
+        else:  # several values: a grid dimension; the field holds the first (what a run of the grid overrides)
             spec = replace(spec, setting.path, parsed[0])
             vary.pop(key, None)
-        else:
-            vary[key] = parsed
+            if len(parsed) > 1:
+                vary[key] = parsed
     return dataclasses.replace(spec, vary=tuple(vary.items()))
 
 

@@ -1,0 +1,150 @@
+"""One source of truth for settings (harness/runs/settings.py): every CLI flag and sweep-file key is a dataclass
+field and every field is a flag and a key, with its docstring as help; values go through flags, sweep files and the
+baseline's stored spec and come back unchanged; an objective's own knobs are reachable from both."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import typer
+from conftest import save_model
+from typer.testing import CliRunner
+
+from harness.cli.main import app
+from harness.runs.check import spec_of, spec_to_mapping
+from harness.runs.records import read_record
+from harness.runs.settings import apply_settings, get, spec_mapping, spec_settings
+from harness.runs.sweep import RECIPES, SweepSpec, load_sweep_file, plan_runs, with_objective_settings
+
+SETTINGS = spec_settings(SweepSpec)
+NOT_SETTINGS = {"--set", "--out", "--help"}
+
+
+def leaf_fields(cls: type, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Every leaf field path of a config dataclass, found independently of settings.walk."""
+    hints, found = typing.get_type_hints(cls), set()
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            found |= leaf_fields(hints[f.name], (*path, f.name))
+        else:
+            found.add((*path, f.name))
+    return found
+
+
+def command_flags(*names: str) -> set[str]:
+    command = typer.main.get_command(app)
+    for name in names:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    return {opt for param in command.params for opt in param.opts}
+
+
+def test_every_field_is_a_documented_setting_and_every_setting_a_field() -> None:
+    assert {s.path for s in SETTINGS.values()} == leaf_fields(SweepSpec)
+    assert all(s.help for s in SETTINGS.values()), [k for k, s in SETTINGS.items() if not s.help]
+    assert SETTINGS["rollout_temperature"].path == ("train", "rollout", "temperature")
+    assert SETTINGS["eval_every"].path == ("eval", "every") and SETTINGS["lr"].path == ("train", "lr")
+
+
+@pytest.mark.parametrize("command", [("compare",), ("bench", "learn")], ids=" ".join)
+def test_every_flag_of_a_sweep_command_is_a_setting_and_back(command: tuple[str, ...]) -> None:
+    assert command_flags(*command) - NOT_SETTINGS == {s.flag for s in SETTINGS.values()}
+
+
+def example(key: str) -> object:
+    """A value for setting ``key`` that differs from the default comparison's."""
+    setting = SETTINGS[key]
+    default = get(RECIPES["compare"], setting.path)
+    if setting.is_list:
+        return {"objectives": ["vrpo"], "tasks": ["countdown"], "log_with": ["tensorboard"]}.get(key, [3, 5])
+    if setting.kind is bool:
+        return not default
+    if setting.kind is str:
+        return {"estimator": "t-iid", "rollout_remasking": "random", "eval_rollout_remasking": "random"}.get(
+            key, "elsewhere")
+    return (default or 0) + 2 if setting.kind is int else (default or 0.0) + 0.5
+
+
+@pytest.mark.parametrize("key", sorted(SETTINGS))
+def test_a_value_goes_through_flag_text_sweep_key_and_stored_spec_unchanged(key: str) -> None:
+    value = example(key)
+    setting = SETTINGS[key]
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    from_flag = apply_settings(RECIPES["compare"], {key: text}, "", flags=True)
+    from_file = apply_settings(RECIPES["compare"], {key: value}, "sweep file")
+    expected = tuple(value) if isinstance(value, list) else value
+    assert get(from_flag, setting.path) == get(from_file, setting.path) == expected
+    assert spec_mapping(from_flag, RECIPES["compare"]) == {key: value}
+    if key not in ("data_dir", "log_with"):  # not stored by a baseline: where data lives, and the trackers
+        assert spec_of({"comparison": spec_to_mapping(from_flag)}, None) == from_flag
+
+
+def test_objective_settings_and_varied_settings_survive_the_stored_spec() -> None:
+    spec = apply_settings(RECIPES["compare"], {"mu": "1,2"}, "", flags=True)
+    spec = with_objective_settings(spec, ["bgpo.clip_eps=0.2", "vrpo.elbo.estimator=t-iid"])
+    assert spec.vary == (("mu", (1, 2)),)
+    assert spec_of({"comparison": spec_to_mapping(spec)}, None) == spec
+    assert spec_of({"comparison": spec_to_mapping(RECIPES["learn"])}, None) == RECIPES["learn"]
+
+
+def test_a_sweep_file_reaches_every_setting_and_an_objective_table(tmp_path: Path) -> None:
+    path = tmp_path / "all.toml"
+    lines = ["[sweep]"] + [f"{key} = {example(key)!r}".replace("'", '"').replace("True", "true")
+                           .replace("False", "false") for key in sorted(SETTINGS) if key != "memory_budget"]
+    path.write_text("\n".join([*lines, 'memory_budget = "1GiB"', "[objectives.bgpo]", "clip_eps = 0.3"]) + "\n")
+    spec = load_sweep_file(path, SweepSpec())
+    for key, setting in SETTINGS.items():
+        if key != "memory_budget":
+            value = example(key)
+            assert get(spec, setting.path) == (tuple(value) if isinstance(value, list) else value), key
+    assert spec.memory_budget == "1GiB" and spec.objective_settings == (("bgpo", "clip_eps", 0.3),)
+
+
+def test_the_recipes_are_specs_and_plan_the_documented_arms() -> None:
+    learn = plan_runs(RECIPES["learn"])
+    arms = sorted({(c.objective, getattr(c.objective_config, "n_t", None), c.train.mu) for c in learn},
+                  key=str)
+    assert len(learn) == 3 * 2 * 3 and {c.eval.every for c in learn} == {25}
+    assert arms == sorted([(o, n, m) for o, n in (("bgpo", 16), ("vrpo", 4), ("diffu-grpo", None))
+                           for m in (1, 2)], key=str)
+    compare = plan_runs(RECIPES["compare"])
+    assert [(c.objective, getattr(c.objective_config, "n_t", None)) for c in compare] == [
+        ("bgpo", 4), ("bgpo", 16), ("vrpo", 4), ("vrpo", 16), ("diffu-grpo", None)]
+    assert {(c.train.steps, c.train.mu, c.train.lr, c.train.rollout.temperature) for c in compare} == {
+        (30, 2, 1e-4, 1.3)}
+
+
+def test_set_reaches_an_objectives_config_its_record_and_its_run_id(tmp_path: Path) -> None:
+    model = str(save_model(tmp_path / "m"))
+    common = ["compare", "--model", model, "--objectives", "bgpo", "--nt", "2", "--steps", "1", "--mu", "1",
+              "--prompts-per-step", "2", "--group-size", "2", "--eval-limit", "2", "--threads", "1"]
+    ids = {}
+    for name, extra in (("plain", []), ("clipped", ["--set", "bgpo.clip_eps=0.2"])):
+        result = CliRunner().invoke(app, [*common, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        (path,) = (tmp_path / name / "runs").glob("*.json")
+        record = read_record(path)
+        ids[name] = record.run_id
+        assert record.config["objective_config"]["clip_eps"] == (0.2 if extra else None)
+    assert ids["plain"] != ids["clipped"]
+
+
+@pytest.mark.parametrize(("value", "culprits"), [
+    ("bgpo.nope=1", ["--set bgpo: unknown key 'nope'", "valid: n_t, micro_batch_size, scale_by_std, clip_eps"]),
+    ("bgpo.clip_eps=wide", ["--set bgpo.clip_eps", "'wide' is not a number"]),
+    ("bgp.clip_eps=0.2", ["unknown objective 'bgp'", "did you mean 'bgpo'"]),
+    ("clip_eps=0.2", ["--set 'clip_eps=0.2'", "OBJECTIVE.KEY=VALUE"]),
+])
+def test_a_bad_set_is_one_line_exit_2_naming_it(value: str, culprits: list[str], tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "--set", value, "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert all(culprit in lines[0] for culprit in culprits), lines[0]
+    assert not (tmp_path / "out").exists()
