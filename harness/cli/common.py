@@ -33,11 +33,9 @@ LOCAL = Path("results/local")
 """Where commands write unless told: your own runs, git-ignored; nothing writes into the committed results/ unless
 asked."""
 Threads = Annotated[int, typer.Option(help="torch CPU threads (set explicitly: oversubscription is slow).")]
-Estimator = Annotated[str, typer.Option(help="ELBO estimator of BGPO/VRPO-OL: t-iid (paper v3) or l-stratified.")]
 Model = Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")]
 EvalLimit = Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; for quick tries).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-Temperature = Annotated[float, typer.Option(help="Sampling temperature of the training rollouts (eval is greedy).")]
 DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else env DLLM_HARNESS_DATA_DIR, else Hub).")]
 
 
@@ -157,12 +155,6 @@ def progress_bars(runs: list) -> Iterator:  # noqa: ANN001
         if current:
             progress.update(current["bar"], completed=current["total"])
             progress.update(overall, advance=1)
-
-
-def run_all(runs: list, run) -> list[dict]:  # noqa: ANN001
-    """Call ``run(cfg, on_step)`` for each config under ``progress_bars``."""
-    with progress_bars(runs) as on_start:
-        return [run(cfg, on_start(cfg)) for cfg in runs]
 
 
 TaskName = Annotated[str, typer.Option(help="Task name (see `harness ls`).")]

@@ -12,9 +12,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a device ({error})") from None
+        raise ValueError(f"device {name!r} is not a device ({error})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
     return device
 
 

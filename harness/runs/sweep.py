@@ -180,7 +180,9 @@ def validate_spec(spec: SweepSpec, where: str = "") -> None:
     if spec.model != "tiny" and not Path(spec.model).is_dir():
         raise ValueError(f"{where}--model {spec.model!r}: no such folder (use 'tiny' or a local checkpoint folder)")
     for name in spec.objectives:
-        lookup("objective", name, OBJECTIVES)
+        fixed = any(o == name and key == "n_t" for o, key, _ in spec.objective_settings)
+        if lookup("objective", name, OBJECTIVES).uses_nt and not fixed and not spec.nt:
+            raise ValueError(f"{where}{table['nt'].flag}: empty, and {name} needs n_t values (or --set {name}.n_t=N)")
     for name in spec.tasks:
         lookup("task", name, TASKS)
     if spec.memory_budget is not None:
