@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import make_policy
 
+from harness.cli.main import main
 from harness.runs.records import RunRecord, read_record
 
 
@@ -65,12 +66,32 @@ def assert_one_line_error(result: subprocess.CompletedProcess, culprits: list[st
     assert not out.exists(), f"bad input wrote under --out: {list(out.rglob('*'))}"
 
 
+def run_main(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess:
+    """The console script's entry point (``main``: the same parser and error handling), run in-process: a new
+    interpreter per case would spend 2-3 s importing torch for each of them."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["harness", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exited.value.code, captured.out, captured.err)
+
+
 @pytest.mark.parametrize(("args", "culprits"), BAD_INPUT)
-def test_bad_input_exits_with_one_line_naming_the_culprit(args: list[str], culprits: list[str],
-                                                          tmp_path: Path) -> None:
+def test_bad_input_exits_with_one_line_naming_the_culprit(args: list[str], culprits: list[str], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    result, _ = run_cli(*args, "--out", str(out), cwd=tmp_path, timeout=60)
+    result = run_main(*args, "--out", str(out), cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert result.returncode == 2
     assert_one_line_error(result, culprits, out)
+
+
+def test_bad_input_through_the_real_console_script_is_one_line_too(tmp_path: Path) -> None:
+    result, _ = run_cli("compare", "--nt", "0", "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, ["--nt", "'0'"], tmp_path / "out")
 
 
 def test_ls_lists_objectives_and_tasks(tmp_path: Path) -> None:
