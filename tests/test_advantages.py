@@ -1,4 +1,4 @@
-"""Group-relative advantages (harness/advantages.py) on hand-worked rewards."""
+"""Group-relative advantages (harness/loop/advantages.py) on hand-worked rewards."""
 
 from __future__ import annotations
 

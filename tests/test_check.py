@@ -1,4 +1,4 @@
-"""Regression gates (harness/check.py, `harness check`): a 5-point accuracy drop or a 20% memory increase fails,
+"""Regression gates (harness/runs/check.py, `harness check`): a 5-point accuracy drop or a 20% memory increase fails,
 the baseline's own results pass; a missing or non-finite figure fails, a run from another protocol (fingerprint)
 is not comparable, and an unreadable file or row is one error line (exit 2)."""
 

@@ -1,4 +1,4 @@
-"""Tests for harness/cli.py: bad input fails fast with one line, `ls`, and one end-to-end `compare` smoke test.
+"""Tests for harness/cli/main.py: bad input fails fast with one line, `ls`, and one end-to-end `compare` smoke test.
 
 Every command runs as a real subprocess of ``python -m harness.cli`` so exit codes and stderr are what a user sees.
 The environment is inherited (conftest sets HF_HUB_OFFLINE, the local data dir and an isolated cache).

@@ -1,4 +1,4 @@
-"""The masked-diffusion ELBO estimator (harness/elbo.py): stored draws, their weights, and the per-draw terms.
+"""The masked-diffusion ELBO estimator (harness/model/elbo.py): stored draws, their weights, and the per-draw terms.
 
 The estimator's promise (BGPO Eq. 3-5, LLaDA 1.5 Eq. 14-15) is unbiasedness: for fixed per-token log-probs c_i,
 E[w * sum_{i masked} c_i] = sum_i c_i, because E[1[masked]/p] = 1 in the t-form and E[(L/l) 1[masked]] = 1 in the

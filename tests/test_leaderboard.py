@@ -1,5 +1,5 @@
-"""Tests for harness/leaderboard.py on hand-made result rows: every aggregated number written out by hand, the CSV
-read back, and the HTML page opened in headless Chromium (no console or page errors, no network requests, header
+"""Tests for harness/report/leaderboard.py on hand-made result rows: every aggregated number written out by hand,
+the CSV read back, and the HTML page opened in headless Chromium (no console or page errors, no network requests, header
 clicks reorder the rows), with a negative control that proves the error check can fail.
 
 The browser is Debian's ``chromium`` driven by Playwright (Playwright's own browser download needs the internet).

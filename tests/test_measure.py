@@ -1,4 +1,4 @@
-"""Experimental checks of harness/measure.py: the CPU peak-memory split is exact where it can be, and it shows
+"""Experimental checks of harness/loop/measure.py: the CPU peak-memory split is exact where it can be, and it shows
 the BGPO vs VRPO-OL activation-memory property (n_t graphs alive at once versus one at a time)."""
 
 from __future__ import annotations

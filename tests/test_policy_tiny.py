@@ -1,4 +1,5 @@
-"""The policy wrapper (harness/policy.py) and the built-in tiny model (harness/tiny.py): tokens, loading, training."""
+"""The policy wrapper (harness/model/policy.py) and the built-in tiny model (harness/model/tiny.py, its recipe in
+harness/runs/pretrain.py): tokens, loading, training."""
 
 from __future__ import annotations
 

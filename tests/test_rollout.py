@@ -1,4 +1,4 @@
-"""Tests for harness/rollout.py: the reveal schedule, Gumbel sampling, block order and left padding."""
+"""Tests for harness/model/rollout.py: the reveal schedule, Gumbel sampling, block order and left padding."""
 
 from __future__ import annotations
 

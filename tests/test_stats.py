@@ -1,4 +1,4 @@
-"""Hand-worked values for the intervals and paired tests in harness/stats.py."""
+"""Hand-worked values for the intervals and paired tests in harness/loop/stats.py."""
 
 from __future__ import annotations
 

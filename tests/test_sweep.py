@@ -1,4 +1,4 @@
-"""Sweeps that survive (harness/sweep.py): SIGKILL + resume, failed outcomes recorded, results-file healing,
+"""Sweeps that survive (harness/runs/sweep.py): SIGKILL + resume, failed outcomes recorded, results-file healing,
 sweep files, and the memory budget.
 
 The kill test runs `harness sweep` as a real subprocess on a 1-layer model saved to disk and kills it with SIGKILL

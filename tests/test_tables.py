@@ -1,4 +1,4 @@
-"""Tests for harness/tables.py on hand-made records: every cell of the markdown rows written out by hand.
+"""Tests for harness/report/tables.py on hand-made records: every cell of the markdown rows written out by hand.
 
 Cells: before/after as 'mean [low, high]' in percent with one decimal; delta in points with a sign; training
 reward as the mean over the first fifth of the steps -> the last fifth (at least one step each); peak memory as the

@@ -8,10 +8,10 @@ tolerances, and one entry per run keyed by task/objective/n_t/mu/seed. A run reg
     time       measured in one run, as ratios: each run's step time relative to its *anchor* (the first baseline
                run of the same task, mu and seed, e.g. BGPO n_t = 4) grows by more than ``relative_time_growth``,
                or the anchor's step-time ratio (median step time / the reference computation timed in the same
-               process, see sweep.REFERENCE_SIZE) grows by more than ``time_ratio_growth``. The reference is a
+               process, see pipeline.REFERENCE_SIZE) grows by more than ``time_ratio_growth``. The reference is a
                few matrix products, which CPU families speed up very differently from a small model's step (an
-               Intel re-run of an AMD-made baseline moved every ratio by +77-95% while the ratios between arms
-               moved by 2-8%), so the anchor's tolerance is loose and the arms are held to each other tightly:
+               Intel re-run, CI's CPU, of the AMD-made baseline moved every ratio by +77-95% while the ratios
+               between arms moved by 2-8%), so the anchor's tolerance is loose and the arms are held to each other:
                slower code fails, another machine does not,
     outcome    the baseline run finished ('ok') and this one did not (nan, diverged, oom, error),
 

@@ -67,7 +67,7 @@ class RunRecord:
     """The base policy's evaluation (step 0) first, then one per ``eval.every`` steps and the final step's."""
     model_path: str = ""
     reference_s: float | None = None
-    """Seconds of the reference computation timed around the run (see sweep.REFERENCE_SIZE)."""
+    """Seconds of the reference computation timed around the run (see pipeline.REFERENCE_SIZE)."""
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     """Seconds spent in evaluations during training (the cadence and the final one)."""
