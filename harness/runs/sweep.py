@@ -33,7 +33,13 @@ from harness.runs.pipeline import RunContext, Trainer, run, train_run
 from harness.runs.records import RunRecord, read_record, write_record
 from harness.runs.registry import lookup
 from harness.runs.results_file import RESULTS_NAME, ROW_SCHEMA, append_row, rewrite_rows
-from harness.runs.settings import apply_settings, objective_override, parse_objective_setting, spec_settings
+from harness.runs.settings import (
+    apply_settings,
+    get,
+    objective_override,
+    parse_objective_setting,
+    spec_settings,
+)
 from objectives import OBJECTIVES
 from tasks import TASKS
 
@@ -159,14 +165,8 @@ def with_objective_settings(spec: SweepSpec, texts: Sequence[str], where: str = 
     for text in texts:
         name, key, value = parse_objective_setting(text, where, OBJECTIVES)
         config = objective_config(name, None, [(key, value)], where)
-        added.append((name, key, _get(config, key)))
+        added.append((name, key, get(config, tuple(key.split(".")))))  # the value converted to the field's type
     return dataclasses.replace(spec, objective_settings=(*spec.objective_settings, *added))
-
-
-def _get(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
 
 
 def validate_spec(spec: SweepSpec, where: str = "") -> None:
