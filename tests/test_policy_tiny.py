@@ -79,6 +79,24 @@ def test_save_and_load_round_trip_gives_identical_logits(tmp_path) -> None:
                            policy.logits(rollout.input_ids, rollout.attention_mask))
 
 
+def test_the_mask_id_comes_from_config_json_when_the_tokenizer_declares_none(tmp_path) -> None:
+    """LLaDA-8B-Instruct's layout: the tokenizer has no mask token, config.json has ``mask_token_id``."""
+    import json
+
+    policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
+    policy.model.config.mask_token_id = 250  # any id the config declares, not a constant
+    policy.model.save_pretrained(tmp_path)
+    policy.tokenizer.mask_token = None
+    policy.tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["mask_token_id"] == 250
+    assert Policy.from_pretrained(tmp_path).mask_id == 250
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["mask_token_id"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PolicyError, match="neither the tokenizer nor config.json"):
+        Policy.from_pretrained(tmp_path)
+
+
 # ---- the model is a bidirectional mask predictor -------------------------------------------------------------------
 def test_the_tiny_model_attends_both_ways_and_never_to_padding(policy64) -> None:
     g = torch.Generator().manual_seed(0)

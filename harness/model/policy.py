@@ -21,9 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-LLADA_MASK_ID = 126336
-"""LLaDA-8B's mask token id (its tokenizer does not declare a mask token)."""
-
 
 class PolicyError(ValueError):
     """A model folder or tokenizer that cannot serve as a masked-diffusion policy."""
@@ -62,11 +59,12 @@ class Policy:
         # LLaDA's remote code registers AutoModel (LLaDAModelLM returns logits); stock architectures use CausalLM.
         loader = AutoModel if getattr(config, "model_type", "") == "llada" else AutoModelForCausalLM
         model = loader.from_pretrained(path, **kwargs).to(device)
-        mask_id = tokenizer.mask_token_id
-        if mask_id is None and getattr(config, "model_type", "") == "llada":
-            mask_id = LLADA_MASK_ID
+        # LLaDA's tokenizer declares no mask token; its config.json carries the id (126336), so no id is hard-coded.
+        mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else getattr(
+            config, "mask_token_id", None)
         if mask_id is None:
-            raise PolicyError(f"tokenizer in {path} declares no mask token; a masked-diffusion model needs one")
+            raise PolicyError(f"neither the tokenizer nor config.json in {path} declares a mask token id; a "
+                              f"masked-diffusion model needs one")
         if tokenizer.eos_token_id is None:
             raise PolicyError(f"tokenizer in {path} declares no EOS token")
         return cls(model, tokenizer, mask_id=mask_id)
