@@ -91,6 +91,23 @@ def test_sigkilled_sweep_resumes_to_the_same_six_records(sweep_file: Path, tmp_p
         json.loads(path.read_text())  # whole, never truncated
 
 
+@pytest.mark.slow
+def test_two_shards_running_at_once_into_one_folder_make_the_whole_sweep(sweep_file: Path, tmp_path: Path) -> None:
+    """`--shard 1/2` and `--shard 2/2` started together (two machines of a SLURM array, here two processes) write
+    disjoint runs into one folder; the table lists every run once, as an unsharded sweep's does."""
+    whole, shared = tmp_path / "whole", tmp_path / "shared"
+    done = subprocess.run(sweep_cmd(sweep_file, whole), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    shards = [subprocess.Popen([*sweep_cmd(sweep_file, shared), "--shard", f"{k}/2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    outputs = [proc.communicate(timeout=300) for proc in shards]
+    assert [proc.returncode for proc in shards] == [0, 0], outputs
+    assert rows_by_id(shared) == rows_by_id(whole) and len(rows_by_id(shared)) == 6
+    assert sorted(p.name for p in (shared / "runs").glob("*.json")) == sorted(p.name for p in (whole / "runs").glob(
+        "*.json"))
+    assert {p.name for p in shared.glob("compare-*.md")} == {"compare-1-of-2.md", "compare-2-of-2.md"}
+
+
 def test_runs_go_in_a_fixed_order() -> None:
     spec = SweepSpec(objectives=("vrpo", "diffu-grpo", "bgpo"), nt=(16, 4), tasks=("sudoku", "countdown"),
                      seeds=(1, 0))

@@ -170,12 +170,12 @@ def metrics_table(title: str, metrics: dict) -> Table:
     return table
 
 
-def report(records: list[dict], title: str, out: Path) -> None:
+def report(records: list, title: str, out: Path, table_name: str = "compare.md") -> None:
     """Print the comparison table and write it as Markdown beside the records."""
     from harness.report.tables import comparison_table, markdown_table
 
     console.print(comparison_table(records, title))
-    table_path = out / "compare.md"
+    table_path = out / table_name
     table_path.parent.mkdir(parents=True, exist_ok=True)
     table_path.write_text(f"# {title}\n\n" + markdown_table(records))
     console.print(f"records: {out / 'runs'}  results: {out / 'results.jsonl'}  table: {table_path}")

@@ -23,18 +23,19 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def execute(spec: SweepSpec, out: Path, title: str, name: str = "") -> None:
-    """Run ``spec`` into ``out`` (skipping finished runs), print and write the table; exit 1 if a run errored."""
+def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple[int, int] = (1, 1)) -> None:
+    """Run ``spec`` (or its ``shard``) into ``out`` (skipping finished runs), print and write the table; exit 1 if
+    a run errored."""
     from harness.runs.sweep import failed, run_sweep, validate_spec
 
     validate_spec(spec)  # names and values checked before anything runs
-    result = run_sweep(spec, out, warn, progress=progress_bars, name=name)
+    result = run_sweep(spec, out, warn, progress=progress_bars, name=name, shard=shard)
     if result.nts_by_objective:
         chosen = ", ".join(f"{k} n_t={v[0]}" for k, v in result.nts_by_objective.items())
         console.print(f"memory budget {spec.memory_budget}: {chosen} (measured: {out / 'memory_budget.json'})")
     if result.skipped:
         console.print(f"{result.skipped} of {len(result.records)} runs were finished already and not re-run")
-    report(result.records, title, out)
+    report(result.records, title, out, "compare.md" if shard == (1, 1) else f"compare-{shard[0]}-of-{shard[1]}.md")
     bad = failed(result.records)
     for record in bad:
         console.print(f"run {record.run_id}: {record.outcome}: {record.error}")
@@ -45,13 +46,26 @@ def execute(spec: SweepSpec, out: Path, title: str, name: str = "") -> None:
 def sweep(
     file: Annotated[Path, typer.Argument(help="TOML sweep file with a [sweep] table (see README).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default results/sweeps/<file stem>).")] = None,
+    shard: Annotated[str, typer.Option(help="K/N: run only runs K, K+N, K+2N, ... of the grid (K from 1), so N "
+                                            "machines or scheduler jobs (a SLURM array) share one sweep and one "
+                                            "--out folder.")] = "1/1",
     data_dir: DataDir = None,
 ) -> None:
     """Run the grid of a sweep file; re-running resumes (finished runs are skipped)."""
     from harness.runs.sweep import load_sweep_file
 
+    part = parse_shard(shard)
     spec = load_sweep_file(file, SweepSpec(data_dir=data_dir))
-    execute(spec, out or Path("results") / "sweeps" / file.stem, f"sweep {file.stem}", name=file.stem)
+    execute(spec, out or Path("results") / "sweeps" / file.stem, f"sweep {file.stem}" + (
+        f", shard {shard}" if part != (1, 1) else ""), name=file.stem, shard=part)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4); ValueError naming --shard unless 1 <= K <= N."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N (e.g. 2/4)")
+    return int(k), int(n)
 
 
 def leaderboard(

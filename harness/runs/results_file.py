@@ -11,14 +11,17 @@ reported as ``path:line: ...`` and skipped, and the rest is read.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROW_SCHEMA = 1
 RESULTS_NAME = "results.jsonl"
+LOCK_NAME = ".results.lock"
 REQUIRED = ("run_id", "task", "objective", "n_t", "mu", "seed", "outcome")
 """Keys every row must have; a row without them is reported and skipped like a truncated line."""
 OUTCOMES = ("ok", "nan", "diverged", "oom", "error")
@@ -65,6 +68,21 @@ def parse_row(line: str, where: str, warn: Callable[[str], None], needs: Sequenc
     if missing := [key for key in needs if key not in row]:
         raise ValueError(f"{where}: row {row['run_id']} has no {', '.join(missing)}")
     return row
+
+
+@contextmanager
+def results_lock(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock (``fcntl.flock`` on ``.results.lock``) while listing records and rewriting the table,
+    or while writing a record and appending its row: sweeps sharing one folder (``--shard K/N`` on several machines
+    or processes) then never drop each other's rows. Advisory, so it needs a file system with working locks (a
+    local disk, or NFS with lockd)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_NAME).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

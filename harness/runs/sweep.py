@@ -32,7 +32,7 @@ from harness.runs.config import RunConfig
 from harness.runs.pipeline import RunContext, Trainer, run, train_run
 from harness.runs.records import RunRecord, read_record, write_record
 from harness.runs.registry import lookup
-from harness.runs.results_file import RESULTS_NAME, ROW_SCHEMA, append_row, rewrite_rows
+from harness.runs.results_file import RESULTS_NAME, ROW_SCHEMA, append_row, results_lock, rewrite_rows
 from harness.runs.settings import (
     apply_settings,
     get,
@@ -239,8 +239,10 @@ class SweepResult:
 
 
 def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: Trainer = train_run,
-              progress: Callable[[list[RunConfig]], Any] | None = None, name: str = "") -> SweepResult:
-    """Run every unfinished run of ``spec`` into ``out``; return all records of the grid in grid order.
+              progress: Callable[[list[RunConfig]], Any] | None = None, name: str = "",
+              shard: tuple[int, int] = (1, 1)) -> SweepResult:
+    """Run every unfinished run of ``spec`` (of its ``shard`` (K, N): runs K, K + N, ... of the grid) into ``out``;
+    return the shard's records in grid order.
 
     ``progress(runs)`` may return a context manager yielding ``on_start(cfg) -> on_step`` (the CLI's progress
     bars); ``trainer`` replaces the default one (tests)."""
@@ -257,12 +259,15 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
         from harness.runs.budget import fit_nts
 
         nts_by_objective = fit_nts(spec, context.model_path(spec.model), device, out)
-    runs = plan_runs(spec, nts_by_objective)
+    grid = plan_runs(spec, nts_by_objective)
+    runs = grid[shard[0] - 1::shard[1]]
     results_path = out / RESULTS_NAME
     writer = PartialState().is_main_process
-    stored = {cfg.run_id(): finished_record(record_path(out, cfg), warn, writer) for cfg in runs}
-    if writer:
-        rewrite_rows(results_path, [result_row(r) for r in stored.values() if r])  # heal the table
+    with results_lock(out):  # the table is healed from every record of the grid, other shards' included
+        everything = {cfg.run_id(): finished_record(record_path(out, cfg), warn, writer) for cfg in grid}
+        if writer:
+            rewrite_rows(results_path, [result_row(r) for r in everything.values() if r])
+    stored = {cfg.run_id(): everything[cfg.run_id()] for cfg in runs}
     records = []
     with (progress(runs) if progress else nullcontext(lambda cfg: None)) as on_start:
         for cfg in runs:
@@ -272,8 +277,9 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
                 record = dataclasses.replace(run(cfg, context, on_step, trainer), sweep=name,
                                              memory_budget=spec.memory_budget)
                 if writer:  # under `accelerate launch` every process trains; one writes
-                    write_record(record_path(out, cfg), record)
-                    append_row(results_path, result_row(record))
+                    with results_lock(out):
+                        write_record(record_path(out, cfg), record)
+                        append_row(results_path, result_row(record))
             records.append(record)
     return SweepResult(records=records, skipped=sum(r is not None for r in stored.values()),
                        nts_by_objective=nts_by_objective)
