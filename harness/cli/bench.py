@@ -97,11 +97,10 @@ def run_learn(spec: SweepSpec, out: Path) -> None:
     from harness.cli.sweep import execute
     from harness.report.learn_summary import write_outputs
     from harness.runs.check import spec_to_mapping
-    from harness.runs.sweep import run_sweep
 
     folder = out / "learn"
-    execute(spec, folder, f"learning benchmark: {','.join(spec.tasks)}, {spec.model} model", name="learn")
-    records = [r for r in run_sweep(spec, folder, print).records if r.ok]  # all stored now: read, not re-run
+    result = execute(spec, folder, f"learning benchmark: {','.join(spec.tasks)}, {spec.model} model", name="learn")
+    records = [r for r in result.records if r.ok]
     seeds = ",".join(map(str, spec.seeds))
     title = (f"Learning benchmark: {','.join(spec.tasks)}, {spec.model} model, {spec.train.steps} steps, seeds "
              f"{seeds}, {len(records[0].before.items)} test puzzles")

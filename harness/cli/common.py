@@ -68,9 +68,10 @@ def _shown(value: Any) -> str:
 def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, Path], None], out: Path,
                  doc: str) -> None:
     """Register command ``name`` with one option per ``SweepSpec`` setting (defaults: ``recipe``), ``--set`` for the
-    objectives' own knobs and ``--out``; it calls ``run(spec, out)`` with the spec built and checked."""
+    objectives' own knobs and ``--out``; it calls ``run(spec, out)`` with the spec built (``run`` checks it, through
+    ``sweep.execute``, before anything runs)."""
     from harness.runs.settings import apply_settings, get, spec_settings
-    from harness.runs.sweep import validate_spec, with_objective_settings
+    from harness.runs.sweep import with_objective_settings
 
     settings = spec_settings(type(recipe))
     varied = dict(recipe.vary)
@@ -78,9 +79,7 @@ def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, P
     def body(**values: Any) -> None:
         given = {key: value for key, value in values.items() if key in settings and value is not None}
         spec = apply_settings(recipe, given, "", flags=True)
-        spec = with_objective_settings(spec, values["set_"] or [])
-        validate_spec(spec)
-        run(spec, values["out"])
+        run(with_objective_settings(spec, values["set_"] or []), values["out"])
 
     params = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         str | None, typer.Option(s.flag, help=f"{s.help} [default: {_shown(varied.get(key, get(recipe, s.path)))}]",

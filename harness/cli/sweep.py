@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from harness.cli.common import LOCAL, DataDir, Out, console, fail, progress_bars, report
-from harness.runs.sweep import SweepSpec
+from harness.runs.sweep import SweepResult, SweepSpec
 
 ERRORED_EXIT = 1
 
@@ -23,9 +23,9 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple[int, int] = (1, 1)) -> None:
-    """Run ``spec`` (or its ``shard``) into ``out`` (skipping finished runs), print and write the table; exit 1 if
-    a run errored."""
+def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple[int, int] = (1, 1)) -> SweepResult:
+    """Run ``spec`` (or its ``shard``) into ``out`` (skipping finished runs), print and write the table, and return
+    the sweep's result; exit 1 if a run errored."""
     from harness.runs.sweep import failed, run_sweep, validate_spec
 
     validate_spec(spec)  # names and values checked before anything runs
@@ -41,6 +41,7 @@ def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple
         console.print(f"run {record.run_id}: {record.outcome}: {record.error}")
     if any(r.outcome == "error" for r in bad):
         raise typer.Exit(ERRORED_EXIT)
+    return result
 
 
 def sweep(

@@ -29,7 +29,7 @@ from harness.loop.evaluate import EvalResult, evaluate
 from harness.loop.trainer import TrainingStopped, TrainResult, train
 from harness.model.device import release_cached_memory, synchronize
 from harness.model.policy import Policy
-from harness.runs.config import RunConfig, current_world_size
+from harness.runs.config import RunConfig, current_world_size, settings_fingerprint
 from harness.runs.records import RunRecord, StepMetrics, environment
 from harness.runs.registry import lookup
 from objectives import OBJECTIVES
@@ -65,8 +65,6 @@ class RunContext:
 
     def base_evaluation(self, cfg: RunConfig) -> EvalResult:
         """The base policy's evaluation (step 0) under ``cfg``'s evaluation protocol, computed once per sweep."""
-        from harness.runs.config import settings_fingerprint
-
         model_path = self.model_path(cfg.model)
         key = settings_fingerprint({"model": str(model_path), "task": cfg.task, "eval": cfg.to_dict()["eval"],
                                     "device": cfg.device})

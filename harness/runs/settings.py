@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import functools
 import inspect
 import textwrap
@@ -24,7 +23,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from harness.runs.registry import lookup
+from harness.runs.registry import UnknownName, lookup
 
 SCALARS = (bool, int, float, str)
 
@@ -101,6 +100,12 @@ def spec_settings(spec_type: type) -> dict[str, Setting]:
     return {s.key: s for s in walk(spec_type)}
 
 
+@functools.cache
+def config_settings(config_type: type) -> dict[str, Setting]:
+    """dotted path -> Setting for every leaf of an objective's config (``elbo.estimator``)."""
+    return {".".join(s.path): s for s in walk(config_type)}
+
+
 def get(obj: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         obj = getattr(obj, part)
@@ -114,10 +119,13 @@ def replace(obj: Any, path: tuple[str, ...], value: Any) -> Any:
     return dataclasses.replace(obj, **{head: inner})
 
 
-def unknown_key(where: str, key: str, known: list[str]) -> ValueError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ValueError(f"{where}: unknown key '{key}'{hint} (valid: {', '.join(known)})")
+def setting_of(where: str, key: str, table: dict[str, Setting]) -> Setting:
+    """table[key], or the registry's one-line error ("unknown key 'x'; did you mean ...? (valid: ...)") after
+    ``where``."""
+    try:
+        return lookup("key", key, table)
+    except UnknownName as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
@@ -169,9 +177,7 @@ def apply_settings(spec: Any, values: dict[str, Any], where: str, flags: bool = 
     table = spec_settings(type(spec))
     vary = dict(spec.vary)
     for key, raw in values.items():
-        if key not in table:
-            raise unknown_key(where, key, list(table))
-        setting = table[key]
+        setting = setting_of(where, key, table)
         at = f"{where} {setting.flag}" if flags else f"{where}: {key}"
         parsed = parse_values(setting, raw, at.strip())
         if setting.is_list:
@@ -208,9 +214,6 @@ def parse_objective_setting(text: str, where: str, objectives: dict[str, Any]) -
 
 def objective_override(config: Any, key: str, value: Any, where: str) -> Any:
     """``config`` (an objective's config dataclass) with dotted ``key`` set to ``value`` converted to its type."""
-    settings = {".".join(s.path): s for s in walk(type(config))}
-    if key not in settings:
-        raise unknown_key(where, key, list(settings))
-    setting = settings[key]
+    setting = setting_of(where, key, config_settings(type(config)))
     return replace(config, setting.path, convert(value, setting.kind, setting.optional, f"{where}.{key}",
                                                  setting.minimum))
