@@ -13,7 +13,7 @@ import torch
 
 from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, sample_draws
 from harness.model.policy import Policy
-from harness.model.structs import Batch
+from harness.model.structs import DRAWS_STREAM, Batch, generators
 
 
 def ppo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float | None) -> torch.Tensor:
@@ -46,9 +46,8 @@ class ElboBatch:
 
 
 def prepare_elbo(batch: Batch, n_t: int, cfg: ElboConfig) -> ElboBatch:
-    """Sample the batch's K = n_t draws from its seed (replayable) and reserve the old-policy terms."""
-    generator = torch.Generator().manual_seed(batch.seed)
-    draws = sample_draws(answer_mask(batch.rollout, cfg), n_t, cfg, generator)
+    """Sample the batch's K = n_t draws from its rows' seeds (replayable) and reserve the old-policy terms."""
+    draws = sample_draws(answer_mask(batch.rollout, cfg), n_t, cfg, generators(batch.row_seeds, DRAWS_STREAM))
     old = torch.full(draws.weights.shape, float("nan"), dtype=torch.float64)  # [K, N]
     return ElboBatch(batch=batch, draws=draws, old_terms=old)
 

@@ -8,10 +8,12 @@ masked (t = 1) and each prompt token is masked independently with probability p_
 with A = r - mean_G(r) (no std, Dr.GRPO), eps = 0.5, beta = 0.04, and the reference the base model.
 
 Departures from d1's code, each deliberate:
-1. Prompt masks come from a dedicated generator seeded by (batch seed, inner update); d1 re-seeds the global RNGs
-   (pitfall P1). Update k uses mask k for pi_theta, pi_old and pi_ref alike, as in d1.
+1. Prompt masks come from a generator per sequence seeded by (its row's seed, inner update); d1 re-seeds the global
+   RNGs (pitfall P1). Update k uses mask k for pi_theta, pi_old and pi_ref alike, as in d1.
 2. Left padding is never masked and is hidden by the attention mask (d1 masks and attends to EOS padding: P6).
-3. Aggregation is d1's code: a token mean over all completion tokens of the rollout batch (not the paper's 1/|o_i|).
+3. Aggregation is d1's code: a token mean over all completion tokens of the rollout batch (not the paper's 1/|o_i|),
+   over the global batch under several processes (the local sum times the world size over the global token count:
+   the processes' gradients are averaged).
 4. On update 0 pi_old = pi_theta.detach() (d1 does the same for mu = 1); old and reference log-probs of later
    updates are computed once in ``prepare``, before any update, for each update's prompt mask.
 """
@@ -25,11 +27,9 @@ import torch
 
 from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
-from harness.model.structs import Batch
+from harness.model.structs import PROMPT_MASK_STREAM, Batch, generators
 from objectives.base import LossTerm
 from objectives.common import k3_kl, masked_mean, ppo_surrogate
-
-MASK_SEED_STRIDE = 1_000_003  # separates the prompt-mask seeds of successive updates of one batch
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,10 @@ class DiffuGRPO:
     def _masked_input(self, policy: Policy, batch: Batch, inner: int) -> torch.Tensor:
         """[prompt with p_mask of its tokens masked ; fully masked completion] -> [N, T]."""
         rollout = batch.rollout
-        generator = torch.Generator().manual_seed(batch.seed * MASK_SEED_STRIDE + inner)
-        hit = torch.rand(rollout.prompt_ids.shape, generator=generator) < self.config.p_mask_prompt  # [N, P]
+        width = rollout.prompt_ids.shape[1]
+        scores = torch.stack([torch.rand(width, generator=g) for g in
+                              generators(batch.row_seeds, PROMPT_MASK_STREAM, inner)])  # [N, P]
+        hit = scores < self.config.p_mask_prompt  # [N, P]
         hit = hit.to(rollout.prompt_mask.device) & rollout.prompt_mask
         prompt = rollout.prompt_ids.masked_fill(hit, policy.mask_id)  # [N, P]
         return torch.cat([prompt, torch.full_like(rollout.completion_ids, policy.mask_id)], dim=1)  # [N, T]
@@ -76,9 +78,8 @@ class DiffuGRPO:
     def _logps(self, policy: Policy, batch: Batch, ids: torch.Tensor, rows: slice, reference: bool = False,
                ) -> torch.Tensor:
         rollout = batch.rollout
-        fn = policy.reference_logits if reference else None
         return policy.token_logprobs(ids[rows], rollout.attention_mask[rows], rollout.completion_ids[rows],
-                                     rollout.prompt_ids.shape[1], logits_fn=fn)  # [n, L]
+                                     rollout.prompt_ids.shape[1], reference=reference)  # [n, L]
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> DiffuBatch:
         n = batch.advantages.numel()
@@ -98,7 +99,7 @@ class DiffuGRPO:
         cfg, batch = self.config, prepared.batch
         ids = self._masked_input(policy, batch, inner)  # [N, T]
         token_mask = batch.rollout.completion_mask  # [N, L]
-        total_tokens = token_mask.sum().clamp_min(1)
+        total_tokens = batch.token_total / batch.world_size  # global token mean (module docstring, departure 3)
         for rows in micro_batches(batch.advantages.numel(), cfg.micro_batch_size):
             logp = self._logps(policy, batch, ids, rows)  # [n, L]
             old = prepared.old_logps[inner]

@@ -108,7 +108,7 @@ def make_batch(policy, n_prompts: int = 3, group: int = 4, prompt_len: int = 6, 
     """A scored batch of random sequences: left padding, an EOS inside some completions, mixed-sign advantages."""
     from harness.loop.advantages import group_advantages
     from harness.model.rollout import first_eos_mask
-    from harness.model.structs import Batch, Rollout
+    from harness.model.structs import Batch, Rollout, row_seeds
 
     g = torch.Generator().manual_seed(seed)
     n = n_prompts * group
@@ -125,7 +125,8 @@ def make_batch(policy, n_prompts: int = 3, group: int = 4, prompt_len: int = 6, 
                       completion_mask=first_eos_mask(completion, policy.eos_id), texts=[""] * n)
     rewards = torch.rand(n, generator=g, dtype=torch.float64)
     adv = group_advantages(rewards, group, scale_by_std=True) if advantages is None else advantages
-    return Batch(rollout=rollout, rewards=rewards, advantages=adv, group_size=group, seed=seed)
+    return Batch(rollout=rollout, rewards=rewards, advantages=adv, group_size=group,
+                 row_seeds=row_seeds(seed, adv.numel()))
 
 
 @pytest.fixture
@@ -136,6 +137,6 @@ def policy64():
 def save_model(folder: Path) -> Path:
     """A 1-layer float32 random policy saved as a Hugging Face folder, for end-to-end CLI tests (`--model`)."""
     policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
-    policy.model.save_pretrained(folder)
+    policy.model.lm.save_pretrained(folder)
     policy.tokenizer.save_pretrained(folder)
     return folder

@@ -40,6 +40,8 @@ BAD_INPUT = [
     pytest.param(["compare", "--device", "cuda"], ["cuda"], id="no-cuda",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
     pytest.param(["bench", "memory", "--nt", "0"], ["--nt", "'0'"], id="bench-memory-nt-zero"),
+    pytest.param(["bench", "memory", "--model", "gpt-9"], ["--model", "'gpt-9'"], id="bench-memory-unknown-model"),
+    pytest.param(["bench", "memory", "--logits-chunk", "x"], ["--logits-chunk", "'x'"], id="bench-memory-bad-chunk"),
     pytest.param(["compare", "--objectives", ""], ["--objectives"], id="empty-objectives"),
     pytest.param(["compare", "--eval-limit", "-1"], ["--eval-limit", "-1"], id="negative-eval-limit"),
     pytest.param(["compare", "--memory-budget", "80XB"], ["--memory-budget", "'80XB'"], id="bad-memory-budget"),
@@ -111,8 +113,7 @@ def test_compare_smoke_writes_complete_records(tmp_path: Path) -> None:
     """3 objectives x 2 steps x mu=2 on a 1-layer float32 model saved to disk; records carry everything."""
     model_dir = tmp_path / "model"
     policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
-    policy.model.save_pretrained(model_dir)
-    policy.tokenizer.save_pretrained(model_dir)
+    policy.save(model_dir)
     out = tmp_path / "res"
 
     result, elapsed = run_cli("compare", "--model", str(model_dir), "--objectives", "bgpo,vrpo,diffu-grpo",

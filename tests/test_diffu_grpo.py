@@ -33,7 +33,7 @@ def _completion_logps(policy, batch, ids: torch.Tensor) -> torch.Tensor:
     """log p(completion token) at the completion positions of ``ids``, by log_softmax of the raw model: [N, L]."""
     rollout = batch.rollout
     with torch.no_grad():
-        logits = policy.model(input_ids=ids, attention_mask=rollout.attention_mask.long()).logits
+        logits = policy.model.lm(input_ids=ids, attention_mask=rollout.attention_mask.long()).logits
     logp = torch.log_softmax(logits[:, rollout.prompt_ids.shape[1]:], dim=-1)
     return logp.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
 
@@ -96,7 +96,7 @@ def test_prompt_mask_is_replayable_from_the_batch_seed_and_update_index(policy64
     assert torch.equal(first, objective._masked_input(policy64, batch, inner=0))
     assert torch.equal(first, DiffuGRPO()._masked_input(policy64, batch, inner=0))  # not state of the object
     assert not torch.equal(first, objective._masked_input(policy64, batch, inner=1))
-    other_seed = type(batch)(**{**batch.__dict__, "seed": 5})
+    other_seed = type(batch)(**{**batch.__dict__, "row_seeds": tuple(s + 1 for s in batch.row_seeds)})
     assert not torch.equal(first, objective._masked_input(policy64, other_seed, inner=0))
 
 

@@ -32,7 +32,7 @@ class FixedLogprobPolicy:
         self.c = c
 
     def token_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-                       start: int) -> torch.Tensor:
+                       start: int, reference: bool = False) -> torch.Tensor:
         assert ids.shape == attention_mask.shape and targets.shape[1] == ids.shape[1] - start
         return self.c[: ids.shape[0]]
 
@@ -232,7 +232,7 @@ def test_draw_terms_equals_a_hand_computation_on_the_tiny_model(policy64, estima
     ids = torch.cat([rollout.prompt_ids[rows], noisy], dim=1)
     attention = torch.cat([rollout.prompt_mask[rows], torch.ones_like(mask)], dim=1).long()
     with torch.no_grad():
-        logits = policy64.model(input_ids=ids, attention_mask=attention).logits
+        logits = policy64.model.lm(input_ids=ids, attention_mask=attention).logits
     logp = F.log_softmax(logits[:, rollout.prompt_ids.shape[1]:], dim=-1)
     picked = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
     expected = torch.stack([picked[i][mask[i]].sum() for i in range(6)]) * draws.weights[k, rows]
@@ -240,7 +240,7 @@ def test_draw_terms_equals_a_hand_computation_on_the_tiny_model(policy64, estima
     assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
     assert (expected < 0).all()  # every row masks at least one token here, and log-probs are negative
     got.sum().backward()
-    assert policy64.model.model.embed_tokens.weight.grad.abs().sum() > 0  # differentiable w.r.t. the policy
+    assert policy64.model.lm.model.embed_tokens.weight.grad.abs().sum() > 0  # differentiable w.r.t. the policy
 
 
 def test_micro_batches_cover_the_rows_in_order() -> None:

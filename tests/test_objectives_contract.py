@@ -77,7 +77,7 @@ def test_gradient_reaches_every_parameter_of_the_model(name: str) -> None:
     policy.model.zero_grad(set_to_none=True)
     for term in objective.loss_terms(policy, prepared, 0):
         term.loss.backward()
-    named = dict(policy.model.named_parameters())
+    named = dict(policy.model.lm.named_parameters())
     # Every parameter takes part in the forward (embedding, each layer's attention/MLP/norms, final norm, head).
     missing = [n for n, p in named.items()
                if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
@@ -87,15 +87,15 @@ def test_gradient_reaches_every_parameter_of_the_model(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_same_batch_seed_gives_the_identical_loss_twice(name: str) -> None:
+def test_the_same_row_seeds_give_the_identical_loss_twice(name: str) -> None:
     policy, objective, batch = setup(name, seed=2)
     first, g1 = run_update(policy, objective, objective.prepare(policy, batch, mu=1), inner=0)
     second, g2 = run_update(policy, objective, objective.prepare(policy, batch, mu=1), inner=0)
     assert float(first) == float(second)
     assert torch.equal(g1, g2)
-    other = type(batch)(**{**batch.__dict__, "seed": batch.seed + 1})
+    other = type(batch)(**{**batch.__dict__, "row_seeds": tuple(s + 1 for s in batch.row_seeds)})
     third, g3 = run_update(policy, objective, objective.prepare(policy, other, mu=1), inner=0)
-    assert not torch.equal(g1, g3)  # the batch seed drives the draws / masks: another seed, another estimate
+    assert not torch.equal(g1, g3)  # the rows' seeds drive the draws / masks: other seeds, another estimate
 
 
 @pytest.mark.parametrize("name", NAMES)

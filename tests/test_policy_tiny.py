@@ -68,7 +68,7 @@ def test_from_pretrained_on_a_missing_folder_names_the_path(tmp_path) -> None:
 
 def test_save_and_load_round_trip_gives_identical_logits(tmp_path) -> None:
     policy = make_policy()
-    policy.model.save_pretrained(tmp_path)
+    policy.model.lm.save_pretrained(tmp_path)
     policy.tokenizer.save_pretrained(tmp_path)
     loaded = Policy.from_pretrained(tmp_path, dtype=torch.float64)
     assert (loaded.mask_id, loaded.eos_id, loaded.pad_id) == (policy.mask_id, policy.eos_id, policy.pad_id)
@@ -84,8 +84,8 @@ def test_the_mask_id_comes_from_config_json_when_the_tokenizer_declares_none(tmp
     import json
 
     policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
-    policy.model.config.mask_token_id = 250  # any id the config declares, not a constant
-    policy.model.save_pretrained(tmp_path)
+    policy.model.lm.config.mask_token_id = 250  # any id the config declares, not a constant
+    policy.model.lm.save_pretrained(tmp_path)
     policy.tokenizer.mask_token = None
     policy.tokenizer.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["mask_token_id"] == 250
@@ -128,7 +128,7 @@ def test_pretrain_is_deterministic_and_leaves_the_global_rng_alone(pretrained) -
     first, second = pretrained.model.state_dict(), again.model.state_dict()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
-    fresh = tiny.build_model(SMALL, len(again.tokenizer)).state_dict()
+    fresh = {f"lm.{k}": v for k, v in tiny.build_model(SMALL, len(again.tokenizer)).state_dict().items()}
     assert any(not torch.equal(fresh[k], second[k]) for k in fresh)  # the two steps did train
 
 
@@ -201,7 +201,7 @@ def test_sft_loss_on_the_tiny_model_matches_a_manual_computation(policy64) -> No
     ids = torch.cat([prompt, answer.masked_fill(masked, policy64.mask_id)], dim=1)
     attention = torch.cat([prompt_mask, torch.ones_like(masked)], dim=1).long()
     with torch.no_grad():
-        logp = torch.log_softmax(policy64.model(input_ids=ids, attention_mask=attention).logits[:, 6:], dim=-1)
+        logp = torch.log_softmax(policy64.model.lm(input_ids=ids, attention_mask=attention).logits[:, 6:], dim=-1)
     picked = logp.gather(-1, answer.unsqueeze(-1)).squeeze(-1)
     expected = sum(-float(picked[i, j]) / float(p[i]) for i in range(3) for j in range(8) if masked[i, j]) / (3 * 8)
     assert masked.any() and not masked.all()

@@ -16,7 +16,7 @@ from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate
 from harness.loop.trainer import TrainConfig
 from harness.runs import records
-from harness.runs.config import RunConfig
+from harness.runs.config import RunConfig, protocol_fingerprint
 from harness.runs.records import (
     SCHEMA_VERSION,
     RunRecord,
@@ -161,7 +161,10 @@ def test_a_v1_compare_record_migrates_to_the_fingerprint_a_fresh_run_of_its_sett
     record = read_record(V1 / "v1-compare.json")  # a committed `harness compare` record of schema 1, items cut to 3
     planned = {prefix(c.run_id()): c for c in plan_runs(RECIPES["compare"])}[prefix(record.run_id)]
     assert record.schema_version == SCHEMA_VERSION == 2 and record.ok
-    assert record.fingerprint == planned.fingerprint() != "5c2138fa6fed752e"  # the v1 fingerprint lacked eval.every
+    # Recomputed from its config with eval.every (the v1 fingerprint lacked it); not a fresh run's: that draws its
+    # random numbers per row (config.RANDOMNESS), which the record's config does not say.
+    assert record.fingerprint == protocol_fingerprint(record.config, record.task_version) != "5c2138fa6fed752e"
+    assert "randomness" not in record.config and record.fingerprint != planned.fingerprint()
     assert record.config["eval"]["every"] == 0 and [e.step for e in record.evals] == [0, 30]
     assert record.before.summary()["cell_accuracy"]["mean"] == 0.5655
     assert record.after.summary()["cell_accuracy"] == {"mean": 0.598, "low": 0.5792437500000001,
@@ -172,7 +175,8 @@ def test_a_v1_compare_record_migrates_to_the_fingerprint_a_fresh_run_of_its_sett
 def test_a_v1_learn_record_migrates_to_the_same_schema_with_its_curve_as_evaluations() -> None:
     record = read_record(V1 / "v1-learn.json")  # a committed `harness bench learn` record of schema 1
     planned = {prefix(c.run_id()): c for c in plan_runs(RECIPES["learn"])}[prefix(record.run_id)]
-    assert record.fingerprint == planned.fingerprint() and record.config["eval"]["every"] == 25
+    assert record.fingerprint == protocol_fingerprint(record.config, record.task_version) != planned.fingerprint()
+    assert record.config["eval"]["every"] == 25
     assert [e.step for e in record.evals] == [0, 25, 50, 75, 100]
     assert record.after.summary()["cell_accuracy"] == {"mean": 0.594, "low": 0.5755, "high": 0.612, "n": 500}
     middle = record.evals[1].metrics["cell_accuracy"]  # curve points had no intervals: NaN bounds, not made up

@@ -19,16 +19,17 @@ class TablePolicy:
     """Mock whose logits depend on the position only (row ``j`` of a fixed table); it logs every input."""
 
     mask_id, eos_id, pad_id = MASK_ID, EOS_ID, PAD_ID
+    stop_ids = (EOS_ID,)
     device = torch.device("cpu")
 
     def __init__(self, table: torch.Tensor) -> None:
         self.table = table  # [T, V]
         self.calls: list[torch.Tensor] = []
 
-    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: slice) -> torch.Tensor:
         self.calls.append(ids.clone())
         n, t = ids.shape
-        return self.table[:t].unsqueeze(0).expand(n, t, V)  # [N, T, V], a view: the sampler must not write to it
+        return self.table[:t].unsqueeze(0).expand(n, t, V)[:, positions]  # a view: the sampler must not write to it
 
     def decode_completions(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
         return _decode(completion_ids, completion_mask, (PAD_ID, EOS_ID, MASK_ID))
@@ -52,6 +53,7 @@ class LlamaPolicy:
     """A tiny bidirectional Llama (float64) that honours the attention mask, as a content-dependent mock."""
 
     mask_id, eos_id, pad_id = 31, 30, 29
+    stop_ids = (30,)
     device = torch.device("cpu")
 
     def __init__(self) -> None:
@@ -65,8 +67,8 @@ class LlamaPolicy:
                              initializer_range=0.2)
         self.model = LlamaForCausalLM(config).double().eval()
 
-    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=attention_mask.long()).logits  # [N, T, V]
+    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: slice) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=attention_mask.long()).logits[:, positions]  # [N, l, V]
 
     def decode_completions(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
         return _decode(completion_ids, completion_mask, (self.pad_id, self.eos_id, self.mask_id))

@@ -62,11 +62,13 @@ def example(key: str) -> object:
     setting = SETTINGS[key]
     default = get(RECIPES["compare"], setting.path)
     if setting.is_list:
-        return {"objectives": ["vrpo"], "tasks": ["countdown"], "log_with": ["tensorboard"]}.get(key, [3, 5])
+        return {"objectives": ["vrpo"], "tasks": ["countdown"], "log_with": ["tensorboard"],
+                "lora_targets": ["q_proj", "v_proj"]}.get(key, [3, 5])
     if setting.kind is bool:
         return not default
     if setting.kind is str:
-        return {"estimator": "t-iid", "rollout_remasking": "random", "eval_rollout_remasking": "random"}.get(
+        return {"estimator": "t-iid", "rollout_remasking": "random", "eval_rollout_remasking": "random",
+                "dtype": "bfloat16"}.get(
             key, "elsewhere")
     return (default or 0) + 2 if setting.kind is int else (default or 0.0) + 0.5
 

@@ -1,61 +1,141 @@
 """Benchmarks: figures, never pass/fail timing tests. Results are written under results/bench/.
 
-``memory``: the peak memory of one policy update (prepare, every loss term's backward, optimizer step) for each
-objective and n_t, on one fixed rollout batch of the tiny model, split into params, grads, optimizer state and
-activations. BGPO back-propagates draw by draw, so its activation peak should not grow with n_t; VRPO-OL keeps all
-n_t graphs alive, so its peak should grow about linearly.
+``memory``: the peak memory and time of one policy update (prepare, every loss term's backward, optimizer step) for
+each objective, n_t and logits chunk, split into params, grads, optimizer state and activations, an out-of-memory
+recorded as a result. On the tiny model the batch is one Sudoku rollout batch; on a model shape (random weights) or
+a checkpoint folder it is a synthetic batch of the asked lengths (BGPO Fig. 1: 512 completion tokens). BGPO
+back-propagates draw by draw, so its activation peak should not grow with n_t; VRPO-OL keeps all n_t graphs alive,
+so its peak should grow about linearly. At LLaDA's vocabulary the [N, L, V] logits dominate, which the chunked
+log-probabilities (``--logits-chunk``, predictor.py) avoid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from harness.model.policy import Policy
-from harness.model.structs import Batch
-from harness.runs.budget import fixed_batch, largest_fitting, peak_bytes, probe_nts, probe_update
+from harness.model.structs import Batch, row_seeds
+from harness.runs.budget import largest_fitting, peak_bytes, probe_nts
 from harness.runs.records import environment
-from tasks.base import Task
+from objectives import OBJECTIVES
 
 
-def measure_update(model_path: Path, objective: Any, batch: Batch, device: torch.device) -> dict[str, Any]:
-    """Peak memory split and wall time of one update of ``objective`` on ``batch`` from a fresh policy."""
-    policy = Policy.from_pretrained(model_path, device=device)
-    if objective.needs_reference:
-        policy.snapshot_reference()
-    return probe_update(policy, objective, batch, device)
+def bench_inputs(model: str, device: torch.device, dtype: torch.dtype, sequences: int, prompt_length: int,
+                 gen_length: int, data_dir: str | None = None) -> tuple[Callable[[], Policy], Batch, str]:
+    """(policy loader, the update's batch, a description of it) for ``--model``: 'tiny' (a fresh tiny policy per
+    objective; one Sudoku rollout batch of 8 prompts x 8), a ``MODEL_SHAPES`` name (random weights) or a checkpoint
+    folder (built or loaded once; a synthetic batch of the given lengths)."""
+    from pathlib import Path
+
+    from harness.runs.budget import fixed_batch
+    from harness.runs.pipeline import resolve_model
+    from tasks.sudoku import Sudoku
+
+    if model == "tiny":
+        path = resolve_model("tiny", data_dir=data_dir)
+        base = Policy.from_pretrained(path, device=device, dtype=dtype)
+        batch = fixed_batch(base, Sudoku(data_dir=data_dir), 8, 8, 0)
+        return (lambda: Policy.from_pretrained(path, device=device, dtype=dtype)), batch, (
+            f"One Sudoku rollout batch of the tiny model: 8 prompts x 8 completions of "
+            f"{batch.rollout.completion_ids.shape[1]} tokens.")
+    if model in MODEL_SHAPES:
+        policy = shaped_policy(MODEL_SHAPES[model], device, dtype)
+    elif Path(model).is_dir():
+        policy = Policy.from_pretrained(model, device=device, dtype=dtype)
+    else:
+        raise ValueError(f"--model {model!r}: not 'tiny', a shape ({', '.join(MODEL_SHAPES)}) or a checkpoint folder")
+    params = sum(p.numel() for p in policy.model.parameters())
+    return (lambda: policy), synthetic_batch(policy, sequences, prompt_length, gen_length), (
+        f"{params / 1e6:.0f}M parameters, random weights" if model in MODEL_SHAPES else f"{params / 1e6:.0f}M "
+        f"parameters") + (f"; {sequences} sequences of {prompt_length} prompt + {gen_length} completion tokens "
+                          f"(random tokens, advantages +-1).")
 
 
-def memory_bench(model_path: Path, task: Task, objectives: Sequence[tuple[str, int, Any]], prompts: int = 8,
-                 group: int = 8, seed: int = 0, device: torch.device | None = None) -> list[dict[str, Any]]:
-    """Rows of (objective, n_t, memory split) for each ``(name, n_t, objective instance)``."""
-    device = device or torch.device("cpu")
-    batch = fixed_batch(Policy.from_pretrained(model_path, device=device), task, prompts, group, seed)
-    return [{"objective": name, "n_t": n_t, **measure_update(model_path, objective, batch, device)}
-            for name, n_t, objective in objectives]
+def memory_rows(load: Callable[[], Policy], batch: Batch, names: Sequence[str], nts: Sequence[int],
+                chunks: Sequence[int], device: torch.device, micro_batch_size: int = 0) -> list[dict[str, Any]]:
+    """One measured update (memory split, time, or 'oom') per (logits chunk, objective, n_t), n_t ascending; an
+    objective stops at its first out-of-memory n_t. ``load`` hands out the policy (fresh or shared)."""
+    rows = []
+    for chunk in chunks:
+        for name in names:
+            policy = load()
+            policy.model.logits_chunk = chunk
+            if OBJECTIVES[name]().needs_reference:
+                policy.snapshot_reference()
+            uses_nt = OBJECTIVES[name].uses_nt
+            for row in probe_nts(policy, batch, name, list(nts) if uses_nt else [min(nts)], device, None,
+                                 micro_batch_size):
+                rows.append({**row, "n_t": row["n_t"] if uses_nt else None, "logits_chunk": chunk})
+    return rows
 
 
 def growth_ratios(rows: Sequence[dict[str, Any]], key: str = "mem/peak_activations_mb") -> dict[str, float]:
-    """Per objective: peak at its largest n_t divided by the peak at its smallest n_t."""
+    """Per objective (and logits chunk, when several): peak at its largest measured n_t over the peak at its
+    smallest; objectives without n_t are left out."""
+    chunks = sorted({r["logits_chunk"] for r in rows})
     ratios = {}
     for name in dict.fromkeys(r["objective"] for r in rows):
-        mine = sorted((r for r in rows if r["objective"] == name), key=lambda r: r["n_t"])
-        ratios[name] = mine[-1][key] / mine[0][key]
+        for chunk in chunks:
+            mine = sorted((r for r in rows if r["objective"] == name and r["logits_chunk"] == chunk
+                           and r["outcome"] == "ok" and r["n_t"] is not None), key=lambda r: r["n_t"])
+            if len(mine) >= 2 and mine[0][key] >= 1.0:  # < 1 MB: the peak was the optimizer step, not activations
+                ratios[name if len(chunks) == 1 else f"{name} (logits chunk {chunk})"] = mine[-1][key] / mine[0][key]
     return ratios
+
+
+def chunk_ratios(rows: Sequence[dict[str, Any]], key: str = "mem/peak_total_mb") -> list[dict[str, Any]]:
+    """Per (objective, n_t): the peak without chunked log-probabilities (logits chunk 0) over the peak with each
+    chunk size measured."""
+    whole = {(r["objective"], r["n_t"]): r for r in rows if r["logits_chunk"] == 0 and r["outcome"] == "ok"}
+    return [{"objective": r["objective"], "n_t": r["n_t"], "logits_chunk": r["logits_chunk"],
+             "ratio": whole[(r["objective"], r["n_t"])][key] / r[key]}
+            for r in rows if r["logits_chunk"] != 0 and r["outcome"] == "ok" and (r["objective"], r["n_t"]) in whole]
+
+
+def memory_markdown(result: dict[str, Any]) -> str:
+    """The benchmark's table, the growth of each objective's activations with n_t, and the chunking ratios."""
+    lines = [f"# Peak memory of one update vs n_t ({result['model']}, {result['dtype']}, {result['device']['name']})",
+             "", result["batch"], "",
+             "Peak total: the most bytes alive at once in the update (CPU: torch's MemTracker; CUDA: also the "
+             "allocator's peak). The split is taken at that moment, so where the peak is the optimizer step, "
+             "activations read about 0. Update seconds include the tracker's overhead.", "",
+             "| objective | n_t | logits chunk | outcome | peak activations MB | peak total MB | params MB | grads MB "
+             "| optimizer MB | CUDA max allocated MB | update s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = ("mem/peak_activations_mb", "mem/peak_total_mb", "mem/peak_params_mb", "mem/peak_grads_mb",
+            "mem/peak_optimizer_mb", "cuda_max_allocated_mb")
+    for r in result["rows"]:
+        cells = [r["objective"], "-" if r["n_t"] is None else str(r["n_t"]), str(r["logits_chunk"]), r["outcome"]]
+        cells += [f"{r[k]:.1f}" if k in r else "-" for k in keys]
+        cells.append(f"{r['time/update_tracked_s']:.2f}" if "time/update_tracked_s" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    nts = [r["n_t"] for r in result["rows"] if r["n_t"] is not None]
+    lines += [f"- {name}: peak activations at the largest n_t / the smallest ({min(nts)}) = **{ratio:.2f}x**"
+              for name, ratio in result["activation_growth"].items()]
+    lines += [f"- {c['objective']}, n_t = {c['n_t'] if c['n_t'] is not None else '-'}: peak total without chunked "
+              f"log-probabilities / with chunks of {c['logits_chunk']} tokens = **{c['ratio']:.2f}x**"
+              for c in result["chunk_ratios"]]
+    return "\n".join(lines) + "\n"
 
 
 # ---- memory at a real model's shape (budget-matched n_t at scale) ----------------------------------------------
 MODEL_SHAPES: dict[str, dict[str, int | float]] = {
     "llada-8b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
                  "intermediate_size": 12288, "vocab_size": 126464, "rope_theta": 500000.0},
+    "llada-1b": {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
+                 "intermediate_size": 5632, "vocab_size": 126464, "rope_theta": 500000.0},
+    "llada-vocab": {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                    "intermediate_size": 704, "vocab_size": 126464, "rope_theta": 500000.0},
     "llama-tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
                    "intermediate_size": 128, "vocab_size": 512},
 }
-"""Architectures the budget benchmark builds with random weights (LLaDA-8B-Instruct's config as a bidirectional
-Llama: same widths, depth, heads and vocabulary; memory does not depend on the weights' values)."""
+"""Architectures the memory benchmarks build with random weights, as bidirectional Llamas (memory does not depend on
+the weights' values): LLaDA-8B-Instruct's config (same widths, depth, heads and vocabulary); a 1.3B model in its
+layout (the GPU recipe's memory-vs-n_t figure); a small model at LLaDA's vocabulary of 126,464 (where the logits,
+not the layers, dominate: the chunked log-probabilities benchmark on CPU); a tiny one for tests."""
 
 
 def shaped_policy(shape: dict[str, int | float], device: torch.device, dtype: torch.dtype) -> Policy:
@@ -83,7 +163,8 @@ def synthetic_batch(policy: Policy, sequences: int, prompt_length: int, gen_leng
                       completion_ids=completion, completion_mask=torch.ones_like(completion, dtype=torch.bool),
                       texts=[""] * sequences)
     advantages = torch.tensor([1.0, -1.0]).repeat(sequences // 2 + 1)[:sequences]
-    return Batch(rollout=rollout, rewards=advantages.clone(), advantages=advantages, group_size=sequences, seed=seed)
+    return Batch(rollout=rollout, rewards=advantages.clone(), advantages=advantages, group_size=sequences,
+                 row_seeds=row_seeds(seed, sequences))
 
 
 def budget_bench(shape: str, names: list[str], nts: list[int], budget: int, device: torch.device, dtype: torch.dtype,

@@ -23,55 +23,62 @@ from harness.cli.common import (
     parse_names,
     spec_command,
 )
-from harness.runs.registry import lookup
 from harness.runs.sweep import RECIPES, SweepSpec
 from objectives import OBJECTIVES
-from tasks import TASKS
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks (figures under results/bench).")
 
 @command(bench_app, "memory")
 def bench_memory(
-    objectives: Annotated[str, typer.Option(help="Comma list of ELBO objectives.")] = "bgpo,vrpo",
-    nt: Annotated[str, typer.Option(help="Comma list of n_t.")] = "1,2,4,8,16,32",
+    model: Annotated[str, typer.Option(help="'tiny', a model shape with random weights (llada-8b, llada-1b, "
+                                            "llada-vocab, llama-tiny) or a checkpoint folder.")] = "tiny",
+    objectives: Annotated[str, typer.Option(help="Comma list of objectives (default: all).")] = ",".join(OBJECTIVES),
+    nt: Annotated[str, typer.Option(help="Comma list of n_t, measured ascending until out of memory.")
+                  ] = "1,2,4,8,16,32",
+    logits_chunk: Annotated[str, typer.Option(help="Comma list of logits chunk sizes (0 = the whole batch's logits "
+                                                   "at once).")] = "1024",
+    sequences: Annotated[int, typer.Option(help="Sequences in the update batch (shapes and folders).")] = 2,
+    prompt_length: Annotated[int, typer.Option(help="Prompt tokens per sequence (shapes and folders).")] = 128,
+    gen_length: Annotated[int, typer.Option(help="Completion tokens per sequence (shapes and folders; BGPO Fig. 1: "
+                                                 "512).")] = 512,
+    micro_batch_size: Annotated[int, typer.Option(help="Sequences per forward pass (0 = all).")] = 0,
+    dtype: Annotated[str, typer.Option(help="Parameter dtype: float32 or bfloat16.")] = "float32",
+    name: Annotated[str, typer.Option(help="Output file stem under OUT/bench (default: memory, or memory-MODEL).")
+                    ] = "",
+    device: Device = "cpu",
     out: Out = LOCAL,
     data_dir: DataDir = None,
     threads: Threads = 2,
 ) -> None:
-    """Peak memory of one update vs n_t on the tiny model; BGPO should stay flat, VRPO-OL grow."""
+    """Peak memory and time of one update vs n_t for every objective; BGPO should stay flat, VRPO-OL grow."""
     import torch
 
-    from harness.bench.memory import growth_ratios, memory_bench
-    from harness.runs.pipeline import resolve_model
+    from harness.bench.memory import bench_inputs, chunk_ratios, growth_ratios, memory_markdown, memory_rows
+    from harness.model.device import resolve_device
     from harness.runs.records import environment, write_json_atomic
-    from harness.runs.sweep import objective_config
 
     names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
     nts = sorted(parse_ints("--nt", nt))
-    check_positive(threads=threads)
+    chunks = parse_ints("--logits-chunk", logits_chunk, minimum=0)
+    check_positive(threads=threads, sequences=sequences, prompt_length=prompt_length, gen_length=gen_length)
+    check_non_negative(micro_batch_size=micro_batch_size)
+    if dtype not in ("bfloat16", "float32"):
+        fail(f"--dtype {dtype!r}: expected bfloat16 or float32")
     torch.set_num_threads(threads)
-    model_path = resolve_model("tiny", data_dir=data_dir)
-    task = lookup("task", "sudoku", TASKS)(data_dir=data_dir)
-    grid = [(n, k, lookup("objective", n, OBJECTIVES)(objective_config(n, k))) for n in names for k in nts]
-    with console.status("measuring one update per (objective, n_t) with torch's MemTracker"):
-        rows = memory_bench(model_path, task, grid)
-    ratios = growth_ratios(rows)
-    lines = ["| objective | n_t | peak activations MB | peak total MB | params MB | grads MB | optimizer MB |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['objective']} | {r['n_t']} | {r['mem/peak_activations_mb']:.1f} | {r['mem/peak_total_mb']:.1f} "
-              f"| {r['mem/peak_params_mb']:.1f} | {r['mem/peak_grads_mb']:.1f} | {r['mem/peak_optimizer_mb']:.1f} |"
-              for r in rows]
-    lines.append("")
-    lines += [f"- {name}: peak activations at n_t={nts[-1]} / n_t={nts[0]} = **{ratio:.2f}x**"
-              for name, ratio in ratios.items()]
-    text = "\n".join(lines) + "\n"
+    dev = resolve_device(device)
+    load, batch, described = bench_inputs(model, dev, getattr(torch, dtype), sequences, prompt_length, gen_length,
+                                          data_dir)
+    with console.status("measuring one update per (logits chunk, objective, n_t)"):
+        rows = memory_rows(load, batch, names, nts, chunks, dev, micro_batch_size)
+    label = model if model == "tiny" or not Path(model).is_dir() else Path(model).name
+    result = {"model": label, "dtype": dtype, "batch": described, "n_t": nts, "logits_chunks": chunks, "rows": rows,
+              "activation_growth": growth_ratios(rows), "chunk_ratios": chunk_ratios(rows), **environment(dev)}
+    text = memory_markdown(result)
     console.print(text)
-    env = environment(torch.device("cpu"))
-    bench_dir = out / "bench"
-    write_json_atomic(bench_dir / "memory.json", {"rows": rows, "activation_growth": ratios, "n_t": nts, **env})
-    (bench_dir / "memory.md").write_text(f"# Peak memory of one update vs n_t (tiny model, {env['device']['name']}, "
-                                         f"torch MemTracker)\n\n" + text)
-    console.print(f"written: {bench_dir / 'memory.json'}, {bench_dir / 'memory.md'}")
+    stem = name or ("memory" if model == "tiny" else f"memory-{label}")
+    write_json_atomic(out / "bench" / f"{stem}.json", result)
+    (out / "bench" / f"{stem}.md").write_text(text)
+    console.print(f"written: {out / 'bench' / stem}.json, .md")
 
 
 @command(bench_app, "sandbox")

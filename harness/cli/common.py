@@ -171,8 +171,12 @@ def metrics_table(title: str, metrics: dict) -> Table:
 
 def report(records: list, title: str, out: Path, table_name: str = "compare.md") -> None:
     """Print the comparison table and write it as Markdown beside the records."""
+    from accelerate import PartialState
+
     from harness.report.tables import comparison_table, markdown_table
 
+    if not PartialState().is_main_process:  # under `accelerate launch` / torchrun every process ran; one reports
+        return
     console.print(comparison_table(records, title))
     table_path = out / table_name
     table_path.parent.mkdir(parents=True, exist_ok=True)

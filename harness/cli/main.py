@@ -83,7 +83,7 @@ def eval_model(
     import torch
 
     from harness.loop.evaluate import evaluate
-    from harness.model.device import resolve_device
+    from harness.model.device import process_device, process_state, resolve_device
     from harness.runs.pipeline import resolve_model
     from harness.runs.records import environment, write_json_atomic
 
@@ -94,7 +94,7 @@ def eval_model(
     task_obj = lookup("task", task, TASKS)(data_dir=data_dir)
     items = task_obj.load(split)
     items = items[:eval_limit] if eval_limit else items
-    dev = resolve_device(device)
+    dev = process_device(resolve_device(device))
     torch.set_num_threads(threads)
     with console.status("preparing the model"):
         model_path = resolve_model(model, data_dir=data_dir)
@@ -103,6 +103,8 @@ def eval_model(
     with console.status(f"decoding {len(items)} {task} {split} items"):
         result = evaluate(Policy.from_pretrained(model_path, device=dev), task_obj, items, rollout,
                           EvalConfig.batch_size)
+    if not process_state(dev).is_main_process:  # every process decoded its share; one writes
+        return
     name = "tiny" if model == "tiny" else Path(model).name
     path = out / "eval" / f"{task}-{split}-{name}.json"
     write_json_atomic(path, {"task": task, "task_version": task_obj.version, "split": split, "model": model,

@@ -1,15 +1,20 @@
-"""Greedy evaluation of a policy on a task split: every metric with a 95% interval, plus per-item records."""
+"""Greedy evaluation of a policy on a task split: every metric with a 95% interval, plus per-item records.
+
+Under several processes the items are split across them (process r decodes items r, r + W, ...) and the per-item
+records are gathered, so every process returns the evaluation of the whole split, in item order. Each item draws its
+sampling noise (when the temperature is above 0) from its own seed: the numbers do not depend on W.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-
 from harness.loop.stats import Estimate, bootstrap_mean
+from harness.model.device import process_state
 from harness.model.policy import Policy
 from harness.model.rollout import RolloutConfig, generate
+from harness.model.structs import ROLLOUT_STREAM, generators, stream_seed
 from tasks.base import Item, Task
 
 
@@ -54,15 +59,30 @@ class EvalResult:
 
 def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConfig, batch_size: int = 100,
              seed: int = 0, step: int = 0) -> EvalResult:
-    """Decode every item with ``cfg`` (greedy when temperature is 0) and score it with ``task.score``."""
-    generator = torch.Generator().manual_seed(seed)
-    records: list[dict] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        ids, mask = policy.encode_prompts([task.prompt(it) for it in chunk])
-        rollout = generate(policy, ids, mask, cfg, generator)
-        for item, text in zip(chunk, rollout.texts, strict=True):
-            records.append({"id": item.id, "completion": text, **task.score(item, text)})
+    """Decode every item with ``cfg`` (greedy when temperature is 0) and score it with ``task.score``; this
+    process decodes its share of the items, and every process gets all records (module docstring)."""
+    from accelerate.utils import gather_object
+
+    state = process_state(policy.device)
+    mine = list(range(state.process_index, len(items), state.num_processes))
+    # Every process decodes as many rows (the last shards repeat an item, whose copy is dropped): under FSDP every
+    # forward is collective, so a process with one batch fewer would leave the others waiting.
+    share = -(-len(items) // state.num_processes)
+    rows = mine + [mine[-1] if mine else 0] * (share - len(mine)) if items else []
+    # Every prompt padded to the split's widest: an item's positions do not depend on the batch it is decoded in.
+    all_ids, all_mask = policy.encode_prompts([task.prompt(item) for item in items]) if items else (None, None)
+    records: list[tuple[int, dict]] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        rollout = generate(policy, all_ids[chunk], all_mask[chunk], cfg,
+                           generators([stream_seed(seed, i) for i in chunk], ROLLOUT_STREAM))
+        for position, (index, text) in enumerate(zip(chunk, rollout.texts, strict=True), start=start):
+            if position < len(mine):  # not a repeat
+                records.append((index, {"id": items[index].id, "completion": text,
+                                        **task.score(items[index], text)}))
+    if state.num_processes > 1:
+        records = gather_object(records)
+    records = [record for _, record in sorted(records, key=lambda pair: pair[0])]
     names = [k for k in records[0] if k not in ("id", "completion")] if records else []
     metrics = {name: bootstrap_mean([r[name] for r in records], seed=seed) for name in names}
     return EvalResult(metrics=metrics, items=records, step=step)

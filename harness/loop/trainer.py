@@ -2,8 +2,12 @@
 backward -> optimizer step -> metrics, top to bottom. Measurement wraps phases; it is never interleaved with them.
 
 Distributed training is accelerate's job, not ours: ``train`` asks an ``Accelerator`` for the device, wraps the model
-and optimizer with ``prepare`` and back-propagates with ``accelerator.backward``, so ``accelerate launch`` (DDP, FSDP)
-runs this same code, each process drawing its own prompts (groups never straddle processes).
+and optimizer with ``prepare`` and back-propagates with ``accelerator.backward``, so ``accelerate launch`` or
+``torchrun`` (DDP, FSDP) runs this same code. The global batch is the same whatever the number of processes W: every
+process samples the step's B prompts alike and takes its B / W of them (whole groups); each sequence draws its
+rollout noise, ELBO draws and prompt masks from the seed of its global row (``structs.stream_seed``), so a row's
+numbers do not depend on where it runs; token means are over the global batch; step metrics are averaged across
+processes (times and memory: the slowest, the largest). W = 2 then equals W = 1 with the same global batch.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from harness.loop.evaluate import EvalConfig, EvalResult, evaluate
 from harness.loop.measure import Meter
 from harness.model.policy import Policy
 from harness.model.rollout import RolloutConfig, generate
-from harness.model.structs import Batch
+from harness.model.structs import ROLLOUT_STREAM, Batch, generators, stream_seed
 from objectives.base import Objective
 from tasks.base import Item, Task
 
@@ -89,7 +93,6 @@ class TrainResult:
     eval_seconds: float
 
 
-SEED_STRIDE = 1_000_003  # separates per-step seeds of runs with different base seeds
 COLLAPSE_WINDOW = 10
 COLLAPSE_FRACTION = 0.5
 """A run 'diverged' when the mean training reward of its last COLLAPSE_WINDOW steps falls below COLLAPSE_FRACTION of
@@ -121,18 +124,23 @@ def stop_reason(history: Sequence[dict[str, float]]) -> tuple[str, str] | None:
 
 def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: Sequence[Item], cfg: TrainConfig,
             optimizer: torch.optim.Optimizer, scheduler, accelerator: Accelerator, meter: Meter,  # noqa: ANN001
-            generator: torch.Generator, seed: int) -> dict[str, float]:
-    """One rollout batch and its ``cfg.mu`` optimizer updates. Returns flat, TRL-named metrics."""
+            seed: int) -> dict[str, float]:
+    """One rollout batch and its ``cfg.mu`` optimizer updates; ``items`` are this process's prompts of the global
+    batch. Returns flat, TRL-named metrics (of this process)."""
     group = [item for item in items for _ in range(cfg.group_size)]  # [N] each prompt G times, groups contiguous
+    first_row = accelerator.process_index * len(group)  # global index of this process's first sequence
+    row_seeds = tuple(stream_seed(seed, step, first_row + i) for i in range(len(group)))
     with meter.phase("rollout"):
         prompt_ids, prompt_mask = policy.encode_prompts([task.prompt(item) for item in group])  # [N, P]
-        rollout = generate(policy, prompt_ids, prompt_mask, cfg.rollout, generator)  # [N, L]
+        prompt_ids, prompt_mask = pad_to_global_width(policy, prompt_ids, prompt_mask, accelerator)
+        rollout = generate(policy, prompt_ids, prompt_mask, cfg.rollout, generators(row_seeds, ROLLOUT_STREAM))
     with meter.phase("reward"):
         rewards = torch.tensor([task.reward(item, text) for item, text in zip(group, rollout.texts, strict=True)],
                                dtype=torch.float32)  # [N]
     advantages = group_advantages(rewards, cfg.group_size, objective.config.scale_by_std)  # [N]
+    tokens = accelerator.reduce(rollout.completion_mask.sum().to(policy.device), reduction="sum")
     batch = Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=cfg.group_size,
-                  seed=seed * SEED_STRIDE + step)
+                  row_seeds=row_seeds, world_size=accelerator.num_processes, global_tokens=int(tokens))
 
     stats: dict[str, list[float]] = defaultdict(list)
     with meter.phase("update"):
@@ -152,6 +160,30 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
     return metrics
 
 
+def pad_to_global_width(policy: Policy, ids: torch.Tensor, mask: torch.Tensor, accelerator: Accelerator,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad every process's prompts to the widest of the global batch (a row's positions must not depend on the
+    other rows its process holds)."""
+    width = int(accelerator.reduce(torch.tensor(ids.shape[1], device=policy.device), reduction="max"))
+    extra = width - ids.shape[1]
+    if extra == 0:
+        return ids, mask
+    return (torch.nn.functional.pad(ids, (extra, 0), value=policy.pad_id),
+            torch.nn.functional.pad(mask, (extra, 0), value=False))
+
+
+def reduce_metrics(accelerator: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """Step metrics over the processes: the mean, except times and memory (the slowest, the largest)."""
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    peaks = torch.tensor([k.startswith(("time/", "mem")) for k in keys], device=accelerator.device)
+    mean = accelerator.reduce(values.clone(), reduction="mean")
+    largest = accelerator.reduce(values.clone(), reduction="max")
+    return dict(zip(keys, torch.where(peaks, largest, mean).tolist(), strict=True))
+
+
 def update(policy: Policy, objective: Objective, prepared: Any, inner: int, cfg: TrainConfig,
            optimizer: torch.optim.Optimizer, scheduler, accelerator: Accelerator,  # noqa: ANN001
            stats: dict[str, list[float]]) -> None:
@@ -163,7 +195,7 @@ def update(policy: Policy, objective: Objective, prepared: Any, inner: int, cfg:
         loss += float(term.loss.detach())
         for key, value in term.stats.items():
             stats[key].append(float(value))
-    grad_norm = accelerator.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
+    grad_norm = accelerator.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -173,7 +205,7 @@ def update(policy: Policy, objective: Objective, prepared: Any, inner: int, cfg:
 
 def make_optimizer(policy: Policy, cfg: TrainConfig):  # noqa: ANN201
     """(AdamW, linear warm-up schedule) of a run."""
-    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(cfg.warmup_steps, 0)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / (warmup + 1)))
 
@@ -208,8 +240,11 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
         policy.snapshot_reference()
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
     pool = task.load("train")
-    sampler = random.Random(seed + accelerator.process_index)
-    generator = torch.Generator().manual_seed(seed + accelerator.process_index)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.prompts_per_step % world:
+        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world} processes")
+    local = cfg.prompts_per_step // world
+    sampler = random.Random(seed)  # the same on every process: the global batch
     meter = Meter(model=accelerator.unwrap_model(policy.model), optimizer=optimizer, device=policy.device)
     history: list[dict[str, float]] = []
     evals: list[EvalResult] = []
@@ -217,12 +252,13 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
     try:
         for step in range(cfg.steps):
             meter.track_memory = step < cfg.track_memory_steps
-            items = sampler.sample(pool, cfg.prompts_per_step)
+            items = sampler.sample(pool, cfg.prompts_per_step)[rank * local:(rank + 1) * local]
             started = time.perf_counter()
             metrics = rl_step(step, policy, objective, task, items, cfg, optimizer, scheduler, accelerator, meter,
-                              generator, seed)
+                              seed)
             metrics["time/step_s"] = time.perf_counter() - started
             metrics["mem_tracked"] = float(step < cfg.track_memory_steps)
+            metrics = reduce_metrics(accelerator, metrics)
             history.append(metrics)
             accelerator.log(metrics, step=step)
             if on_step is not None:
@@ -237,5 +273,6 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
                 accelerator.log({f"eval/{name}": e.mean for name, e in result.metrics.items()}, step=step)
     finally:  # hand the caller its plain model back however training ends (stop, OOM, error)
         policy.model = accelerator.unwrap_model(policy.model)
-        accelerator.end_training()
+        for tracker in accelerator.trackers:  # not end_training(): it destroys the process group the next run needs
+            tracker.finish()
     return TrainResult(steps=history, evals=evals, eval_seconds=eval_seconds)

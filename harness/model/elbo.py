@@ -21,6 +21,7 @@ and including the first EOS).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,8 +68,19 @@ def answer_mask(rollout: Rollout, cfg: ElboConfig) -> torch.Tensor:
     return torch.ones_like(rollout.completion_mask) if cfg.include_padding else rollout.completion_mask
 
 
-def sample_draws(answer: torch.Tensor, n_draws: int, cfg: ElboConfig, generator: torch.Generator) -> Draws:
-    """Draw K = n_draws (noise level, mask) pairs per sequence over its answer positions ``answer`` [N, L]."""
+def sample_draws(answer: torch.Tensor, n_draws: int, cfg: ElboConfig,
+                 generator: torch.Generator | Sequence[torch.Generator]) -> Draws:
+    """Draw K = n_draws (noise level, mask) pairs per sequence over its answer positions ``answer`` [N, L].
+
+    ``generator``: one per row (the trainer's: each row's draws depend on its own seed only, so they are the same
+    whichever process holds the row), or one for the whole batch."""
+    if not isinstance(generator, torch.Generator):
+        rows = [_sample(answer[i:i + 1], n_draws, cfg, g) for i, g in enumerate(generator)]
+        return Draws(masks=torch.cat([r.masks for r in rows], dim=1), weights=torch.cat([r.weights for r in rows], 1))
+    return _sample(answer, n_draws, cfg, generator)
+
+
+def _sample(answer: torch.Tensor, n_draws: int, cfg: ElboConfig, generator: torch.Generator) -> Draws:
     n, width = answer.shape
     answer = answer.cpu()
     lengths = answer.sum(-1).clamp_min(1)  # [N]

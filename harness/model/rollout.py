@@ -12,9 +12,10 @@ Departures from LLaDA's ``generate.py``, each deliberate:
    ``exp(logits) / (-log U) ** T``: the same argmax (take the log and divide by T) without the overflow of
    ``exp(logits)`` for large logits (pitfall P14).
 2. All randomness (Gumbel noise, the confidence of ``remasking='random'``) comes from the explicit ``generator``
-   argument; the global RNGs are never touched (pitfall P1). Numbers are drawn on the generator's device and then
-   moved to the policy's device, so a CPU generator can drive a sampler on an accelerator and the draws are
-   identical whatever device the policy is on.
+   argument, one per row in training (a row's completion depends on its own seed only: the same on whichever process
+   or in whichever micro-batch it is decoded); the global RNGs are never touched (pitfall P1). Numbers are drawn
+   on the generator's device and then moved to the policy's device, so a CPU generator can drive a sampler on an
+   accelerator and the draws are identical whatever device the policy is on.
 3. Only the current block is sampled: logits are sliced to the block before the float64 copy, so the sampler
    holds [N, block_length, V] float64 tensors rather than [N, T, V] ones. LLaDA samples every position and then
    discards those outside the block; the revealed tokens are the same, the random stream is not.
@@ -29,11 +30,14 @@ Departures from LLaDA's ``generate.py``, each deliberate:
    (pitfall P6). No classifier-free guidance and no ``logits_eos_inf`` / ``confidence_eos_eot_inf`` options
    (d1 runs with ``cfg_scale = 0``).
 8. The answer mask is computed here with d1's convention: tokens up to and including the first EOS
-   (``Rollout.completion_mask``).
+   (``Rollout.completion_mask``); for LLaDA-8B-Instruct the first EOS or end-of-turn token (``policy.stop_ids``).
+9. Decoding runs under ``torch.inference_mode`` (no autograd bookkeeping at all) and ``micro_batch_size`` rows at a
+   time; the returned tensors are ordinary ones, usable in the update's autograd graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,6 +60,8 @@ class RolloutConfig:
     """Gumbel-max temperature; 0 is greedy."""
     remasking: str = "low_confidence"
     """'low_confidence' (LLaDA default) or 'random'."""
+    micro_batch_size: int = field(default=0, metadata={"min": 0})
+    """Rows decoded together (0 = all); a memory knob only, rows never interact."""
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the protocol is inconsistent."""
@@ -87,25 +93,53 @@ class SamplingPolicy(Protocol):
     mask_id: int
     eos_id: int
     pad_id: int
+    stop_ids: tuple[int, ...]
 
     @property
     def device(self) -> torch.device: ...
 
-    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: slice) -> torch.Tensor: ...
 
     def decode_completions(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]: ...
 
 
+Generators = torch.Generator | Sequence[torch.Generator]
+"""One generator for the whole batch, or one per row."""
+
+
 def generate(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
-             generator: torch.Generator) -> Rollout:
+             generator: Generators) -> Rollout:
     """Sample one completion per prompt row with LLaDA's semi-autoregressive low-confidence remasking.
 
     Args:
         prompt_ids: [N, P] long, left-padded with ``policy.pad_id``.
         prompt_mask: [N, P] bool, False on the left padding.
-        generator: the only source of randomness; may live on another device than the policy.
+        generator: the only source of randomness, one for the batch or one per row (CPU generators may drive a
+            policy on another device).
     """
     cfg.validate()
+    n = prompt_ids.shape[0]
+    per_row = not isinstance(generator, torch.Generator)
+    with torch.inference_mode():
+        parts = [_generate_rows(policy, prompt_ids[rows], prompt_mask[rows], cfg,
+                                generator[rows] if per_row else generator)
+                 for rows in _row_slices(n, cfg.micro_batch_size if per_row else 0)]
+    completion_ids = torch.cat(parts).clone()  # [N, L], an ordinary tensor (outside inference mode)
+    completion_mask = first_eos_mask(completion_ids, policy.stop_ids)  # [N, L]
+    texts = policy.decode_completions(completion_ids, completion_mask)
+    return Rollout(prompt_ids=prompt_ids.to(completion_ids.device), prompt_mask=prompt_mask.to(
+        device=completion_ids.device, dtype=torch.bool), completion_ids=completion_ids,
+        completion_mask=completion_mask, texts=texts)
+
+
+def _row_slices(n: int, size: int) -> list[slice]:
+    size = n if size <= 0 else size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
+                   generator: Generators) -> torch.Tensor:
+    """The completion ids [n, L] of a slice of rows."""
     device = policy.device
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
@@ -126,18 +160,13 @@ def generate(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torc
             if active[step]:
                 _denoise_step(policy, x, attention_mask, block_slice, schedule[:, step], cfg, generator)
 
-    completion_ids = x[:, p:]  # [N, L]
-    completion_mask = first_eos_mask(completion_ids, policy.eos_id)  # [N, L]
-    texts = policy.decode_completions(completion_ids, completion_mask)
-    return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                   completion_mask=completion_mask, texts=texts)
+    return x[:, p:]  # [n, L]
 
 
 def _denoise_step(policy: SamplingPolicy, x: torch.Tensor, attention_mask: torch.Tensor, block_slice: slice,
-                  reveal_counts: torch.Tensor, cfg: RolloutConfig, generator: torch.Generator) -> None:
+                  reveal_counts: torch.Tensor, cfg: RolloutConfig, generator: Generators) -> None:
     """One reverse step in place on x [N, T]: reveal ``reveal_counts`` [N] masked tokens of the block per row."""
-    with torch.no_grad():
-        logits = policy.logits(x, attention_mask)[:, block_slice]  # [N, Lb, V]
+    logits = policy.logits(x, attention_mask, block_slice)  # [N, Lb, V]
     mask_column = torch.tensor([policy.mask_id], device=logits.device)
     logits = logits.to(SAMPLING_DTYPE).index_fill(-1, mask_column, float("-inf"))  # [N, Lb, V], a fresh copy
     x0, confidence = sample_tokens(logits, cfg.temperature, generator)  # [N, Lb], [N, Lb]
@@ -162,7 +191,7 @@ def reveal_schedule(masked_per_row: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: Generators) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample x0 ~ softmax(logits / T) by Gumbel-max (argmax at T = 0) and return it with its confidence.
 
     Args:
@@ -186,16 +215,22 @@ def sample_tokens(logits: torch.Tensor, temperature: float,
     return x0, confidence
 
 
-def first_eos_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """[N, L] -> [N, L] bool: True up to and including the first EOS of each row, all True in rows without one."""
-    is_eos = ids == eos_id  # [N, L]
+def first_eos_mask(ids: torch.Tensor, eos_id: int | Sequence[int]) -> torch.Tensor:
+    """[N, L] -> [N, L] bool: True up to and including the first EOS (any of ``eos_id``) of each row, all True in
+    rows without one."""
+    stops = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=ids.device)
+    is_eos = torch.isin(ids, stops)  # [N, L]
     eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # [N, L], EOS tokens strictly left of each position
     return eos_before == 0
 
 
-def _uniform(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """U[0, 1) in float64, drawn on the generator's device (a CPU generator cannot fill a GPU tensor), then moved."""
-    return torch.rand(shape, generator=generator, device=generator.device, dtype=SAMPLING_DTYPE).to(device)
+def _uniform(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+    """U[0, 1) in float64, drawn on the generator's device (a CPU generator cannot fill a GPU tensor), then moved;
+    with one generator per row, row i's numbers come from generator i."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=generator.device, dtype=SAMPLING_DTYPE).to(device)
+    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=SAMPLING_DTYPE)
+                        for g in generator]).to(device)
 
 
 def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,30 @@ Named dimensions used in shape comments throughout the project:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
+
+ROLLOUT_STREAM, DRAWS_STREAM, PROMPT_MASK_STREAM = 0, 1, 2
+"""The random streams of one sequence (row): its rollout noise, its ELBO draws, its prompt masks (diffu-GRPO)."""
+
+
+def stream_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, e.g. (run seed, step, global row) or (row seed, stream): distinct tuples give
+    unrelated seeds, so every row of every step draws its own noise, whatever process it lands on."""
+    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def row_seeds(seed: int, n: int) -> tuple[int, ...]:
+    """Seeds of rows 0..n-1 of a batch seeded ``seed`` (fixed batches of benchmarks and tests)."""
+    return tuple(stream_seed(seed, row) for row in range(n))
+
+
+def generators(seeds: list[int] | tuple[int, ...], stream: int, *extra: int) -> list[torch.Generator]:
+    """One CPU generator per row for ``stream`` (and ``extra`` parts, e.g. the update index)."""
+    return [torch.Generator().manual_seed(stream_seed(seed, stream, *extra)) for seed in seeds]
 
 
 @dataclass(frozen=True)
@@ -46,4 +67,12 @@ class Batch:
     rewards: torch.Tensor  # [N] float
     advantages: torch.Tensor  # [N] float, group-relative
     group_size: int  # G
-    seed: int  # seed of this batch's Monte Carlo draws / prompt masks (replayable)
+    row_seeds: tuple[int, ...]  # [N] seed of each sequence, from its global row: its draws and prompt masks
+    world_size: int = 1  # processes sharing the global batch (each holds N of its rows)
+    global_tokens: int | None = None  # completion tokens of the global batch (token means are global); None: local
+
+    @property
+    def token_total(self) -> int:
+        """Completion tokens of the global batch (the denominator of a global token mean)."""
+        local = int(self.rollout.completion_mask.sum())
+        return max(self.global_tokens if self.global_tokens is not None else local, 1)

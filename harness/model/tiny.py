@@ -154,8 +154,7 @@ def save(policy: Policy, cfg: TinyConfig, folder: Path) -> Path:
     hf_logging.disable_progress_bar()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
-    policy.model.save_pretrained(staging)
-    policy.tokenizer.save_pretrained(staging)
+    policy.save(staging)
     (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     try:
         staging.rename(folder)

@@ -24,7 +24,7 @@ from harness.loop.trainer import TrainConfig, make_optimizer, update
 from harness.model.device import release_cached_memory
 from harness.model.policy import Policy
 from harness.model.rollout import generate
-from harness.model.structs import Batch
+from harness.model.structs import Batch, row_seeds
 from harness.runs.records import environment, write_json_atomic
 from harness.runs.registry import lookup
 from objectives import OBJECTIVES
@@ -80,7 +80,8 @@ def fixed_batch(policy: Policy, task: Task, prompts: int, group: int, seed: int)
     rewards = torch.tensor([task.reward(it, t) for it, t in zip(group_items, rollout.texts, strict=True)])
     # Alternating-sign advantages exercise both of BGPO's branches whatever the rewards are.
     advantages = torch.tensor([1.0, -1.0]).repeat(len(group_items) // 2 + 1)[:len(group_items)]
-    return Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=group, seed=seed)
+    return Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=group,
+                 row_seeds=row_seeds(seed, advantages.numel()))
 
 
 def probe_update(policy: Policy, objective: Any, batch: Batch, device: torch.device,

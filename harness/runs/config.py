@@ -14,6 +14,11 @@ from typing import Any
 
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
+from harness.model.policy import PolicyConfig
+
+RANDOMNESS = "per-row-v1"
+"""Every sequence draws its rollout noise, ELBO draws and prompt masks from the seed of its global row (issue #13).
+Records made before it (one stream per process) have no ``randomness`` in their config."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class RunConfig:
     task: str = "sudoku"
     model: str = "tiny"
     """'tiny' (the built-in model, pretrained on first use) or a local Hugging Face checkpoint folder."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
@@ -33,6 +39,9 @@ class RunConfig:
     """torch CPU threads; set explicitly because oversubscription slows steps several-fold."""
     data_dir: str | None = None
     """Local task data folder (else the DLLM_HARNESS_DATA_DIR env var, else the Hub)."""
+    randomness: str = RANDOMNESS
+    """How the run's random numbers are drawn (not a setting: recorded so that records made otherwise, whose configs
+    lack it, never share a fingerprint with a run of today's code)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

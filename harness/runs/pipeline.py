@@ -27,7 +27,7 @@ import torch
 
 from harness.loop.evaluate import EvalResult, evaluate
 from harness.loop.trainer import TrainingStopped, TrainResult, train
-from harness.model.device import release_cached_memory, synchronize
+from harness.model.device import process_device, release_cached_memory, synchronize
 from harness.model.policy import Policy
 from harness.runs.config import RunConfig, current_world_size, settings_fingerprint
 from harness.runs.records import RunRecord, StepMetrics, environment
@@ -67,9 +67,9 @@ class RunContext:
         """The base policy's evaluation (step 0) under ``cfg``'s evaluation protocol, computed once per sweep."""
         model_path = self.model_path(cfg.model)
         key = settings_fingerprint({"model": str(model_path), "task": cfg.task, "eval": cfg.to_dict()["eval"],
-                                    "device": cfg.device})
+                                    "policy": cfg.to_dict()["policy"], "device": cfg.device})
         if key not in self.bases:
-            policy = Policy.from_pretrained(model_path, device=torch.device(cfg.device))
+            policy = Policy.from_pretrained(model_path, device=process_device(cfg.device), config=cfg.policy)
             task = make_task(cfg)
             self.bases[key] = evaluate(policy, task, eval_items(task, cfg), cfg.eval.rollout, cfg.eval.batch_size,
                                        seed=BASE_EVAL_SEED)
@@ -99,7 +99,7 @@ def eval_items(task: Any, cfg: RunConfig) -> list:
 
 def train_run(cfg: RunConfig, model_path: Path, context: RunContext, on_step: OnStep | None) -> TrainResult:
     """Train one run from the base checkpoint, evaluating on the cadence and at the last step."""
-    policy = Policy.from_pretrained(model_path, device=torch.device(cfg.device))
+    policy = Policy.from_pretrained(model_path, device=process_device(cfg.device), config=cfg.policy)
     objective = lookup("objective", cfg.objective, OBJECTIVES)(cfg.objective_config)
     task = make_task(cfg)
     tracking = None
@@ -118,7 +118,7 @@ def run(cfg: RunConfig, context: RunContext | None = None, on_step: OnStep | Non
     model_path = context.model_path(cfg.model)
     before = context.base_evaluation(cfg)
     version = lookup("task", cfg.task, TASKS).version
-    device = torch.device(cfg.device)
+    device = process_device(cfg.device)
     reference = reference_seconds(device)
     started = time.perf_counter()
     outcome, error, steps, evals, eval_seconds = "ok", None, [], [], 0.0

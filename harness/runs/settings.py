@@ -1,8 +1,9 @@
 """Settings derived from the dataclass fields, declared once: CLI flags, sweep-file keys and the baseline's stored spec.
 
 Every setting of a sweep is a field of ``SweepSpec`` or of a config nested in it (``TrainConfig``, ``RolloutConfig``,
-``EvalConfig``), with its type, default and docstring. ``spec_settings`` walks those fields and names each one by its
-path, ``train.`` dropped: ``train.lr`` -> ``lr`` (flag ``--lr``), ``train.rollout.temperature`` ->
+``EvalConfig``, ``PolicyConfig``), with its type, default and docstring. ``spec_settings`` walks those fields and names
+each one by its path, ``train.`` and ``policy.`` dropped: ``train.lr`` -> ``lr`` (flag ``--lr``), ``policy.lora_r`` ->
+``lora_r`` (``--lora-r``), ``train.rollout.temperature`` ->
 ``rollout_temperature`` (``--rollout-temperature``), ``eval.every`` -> ``eval_every``. Nothing lists them by hand, so a
 new field is a new flag and a new sweep key at once (tests/test_settings.py holds the two to the fields).
 
@@ -26,6 +27,8 @@ from typing import Any
 from harness.runs.registry import UnknownName, lookup
 
 SCALARS = (bool, int, float, str)
+FLAT_PARTS = ("train", "policy")
+"""Configs whose settings are named without their path: ``train.lr`` -> ``lr``, ``policy.lora_r`` -> ``lora_r``."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def walk(cls: type, path: tuple[str, ...] = ()) -> list[Setting]:
         leaf = _leaf_type(hint)
         if leaf is None:
             raise TypeError(f"{cls.__name__}.{f.name}: a setting must be a scalar, a tuple or a config")
-        key = "_".join(part for part in (*path, f.name) if part != "train")
+        key = "_".join(part for part in (*path, f.name) if part not in FLAT_PARTS)
         found.append(Setting(key, (*path, f.name), *leaf, docs.get(f.name, ""), f.metadata.get("min")))
     return found
 

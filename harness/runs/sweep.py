@@ -28,6 +28,7 @@ from typing import Any
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.elbo import ElboConfig
+from harness.model.policy import PolicyConfig
 from harness.runs.config import RunConfig
 from harness.runs.pipeline import RunContext, Trainer, run, train_run
 from harness.runs.records import RunRecord, read_record, write_record
@@ -62,6 +63,7 @@ class SweepSpec:
     """'tiny' (the built-in model, pretrained on first use) or a local Hugging Face checkpoint folder."""
     estimator: str = ElboConfig.estimator
     """ELBO estimator of every ELBO objective: 'l-stratified' or 't-iid' (see harness/model/elbo.py)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, mu=2))
     eval: EvalConfig = field(default_factory=EvalConfig)
     memory_budget: str | None = None
@@ -114,8 +116,8 @@ def plan_runs(spec: SweepSpec, nts_by_objective: dict[str, tuple[int, ...]] | No
             for combo, seed in itertools.product(varied, spec.seeds):
                 point = apply_settings(spec, dict(combo), "") if combo else spec
                 runs.append(RunConfig(objective=name, objective_config=config, task=task, model=spec.model,
-                                      train=point.train, eval=point.eval, seed=seed, device=spec.device,
-                                      threads=spec.threads, data_dir=spec.data_dir))
+                                      policy=point.policy, train=point.train, eval=point.eval, seed=seed,
+                                      device=spec.device, threads=spec.threads, data_dir=spec.data_dir))
     return runs
 
 
@@ -191,6 +193,7 @@ def validate_spec(spec: SweepSpec, where: str = "") -> None:
     for cfg in plan_runs(spec):
         cfg.train.validate()
         cfg.eval.validate()
+        cfg.policy.validate()
 
 
 # ---- running ----------------------------------------------------------------------------------------------------
@@ -247,9 +250,8 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
     ``progress(runs)`` may return a context manager yielding ``on_start(cfg) -> on_step`` (the CLI's progress
     bars); ``trainer`` replaces the default one (tests)."""
     import torch
-    from accelerate import PartialState
 
-    from harness.model.device import resolve_device
+    from harness.model.device import process_state, resolve_device
 
     device = resolve_device(spec.device)
     torch.set_num_threads(spec.threads)
@@ -262,7 +264,7 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
     grid = plan_runs(spec, nts_by_objective)
     runs = grid[shard[0] - 1::shard[1]]
     results_path = out / RESULTS_NAME
-    writer = PartialState().is_main_process
+    writer = process_state(device).is_main_process
     with results_lock(out):  # the table is healed from every record of the grid, other shards' included
         everything = {cfg.run_id(): finished_record(record_path(out, cfg), warn, writer) for cfg in grid}
         if writer:
