@@ -75,8 +75,8 @@ def test_compare_trains_and_evaluates_the_llada_layout_checkpoint(tmp_path: Path
     folder = llada_folder(tmp_path)
     out = tmp_path / "res"
     result, _ = run_cli("compare", "--model", str(folder), "--objectives", "bgpo,diffu-grpo", "--nt", "2", "--steps",
-                        "2", "--eval-limit", "4", "--lora-r", "4", "--gradient-checkpointing", "true", "--out", str(out),
-                        "--threads", "1", cwd=tmp_path, timeout=300)
+                        "2", "--eval-limit", "4", "--lora-r", "4", "--gradient-checkpointing", "true", "--out",
+                        str(out), "--threads", "1", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     records = [read_record(path) for path in sorted((out / "runs").glob("*.json"))]
     assert sorted(r.objective for r in records) == ["bgpo", "diffu-grpo"]

@@ -86,13 +86,13 @@ def test_aggregate_numbers_and_order() -> None:
     text = markdown(entries, "T")
     lines = text.splitlines()
     assert lines[0] == "# T"
-    assert (f"| sudoku | bgpo | 4 | 1 | 3 | 3 | 3 ok | 60.0 [50.0, 70.0]{RANGE_MARK} | +40.0 | 120.0 | 70.0 | 2.00 "
+    assert (f"| sudoku | bgpo | 4 | 1 | 3 | 3 | 3 ok | 60.0 [50.0, 70.0]{RANGE_MARK} | +40.0 | - | 120.0 | 70.0 | 2.00 "
             "| 1.30 |" in lines)
     assert "| sudoku | vrpo | 4 | 1 | 3 | 3 | 2 ok, 1 nan | 45.0 [40.0, 50.0]" + RANGE_MARK + " | +25.0 |" in text
-    assert "| sudoku | diffu-grpo | - | 1 | 3 | 1 | 1 ok | 30.0 [20.0, 40.0] | +5.0 | 60.0 | 20.0 | 0.50 | 0.50 |" \
+    assert "| sudoku | diffu-grpo | - | 1 | 3 | 1 | 1 ok | 30.0 [20.0, 40.0] | +5.0 | - | 60.0 | 20.0 | 0.50 | 0.50 |" \
         in lines
-    assert "| sudoku | bgpo | 16 | 1 | 3 | 1 | 1 oom | - | - | 5000.0 | - | - | - |" in lines
-    assert "| sudoku | vrpo | 16 | 2 | 3 | 1 | 1 error | - | - | - | - | - | - |" in lines
+    assert "| sudoku | bgpo | 16 | 1 | 3 | 1 | 1 oom | - | - | - | 5000.0 | - | - | - |" in lines
+    assert "| sudoku | vrpo | 16 | 2 | 3 | 1 | 1 error | - | - | - | - | - | - | - |" in lines
     assert "range over seeds" in text and "sudoku: cell_accuracy" in text and "gsm8k: accuracy" in text
 
 

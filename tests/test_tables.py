@@ -53,7 +53,7 @@ BGPO = _record(
 # reward 0.10 -> 0.75; act max(12.0, 15.3) = 15.3; total max(20.0, 18.0) = 20.0;
 # step time median(0.4, 0.6) = 0.50 (with the tracked 9 s step it would be 0.60).
 BGPO_ROW = ("| sudoku | "
-            "bgpo | 4 | 0 | 25.0 [12.5, 37.5] | 50.0 [37.5, 62.5] | +25.0 | 0.10 -> 0.75 | 15.3 | 20.0 | 0.50 |")
+            "bgpo | 4 | 0 | 25.0 [12.5, 37.5] | 50.0 [37.5, 62.5] | +25.0 | ref | 0.10 -> 0.75 | 15.3 | 20.0 | 0.50 |")
 
 # diffu-grpo has no n_t (shown as -), seed 3, accuracy drops; 10 steps, so a fifth is 2 steps.
 DIFFU_REWARDS = [0.0, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 1.0, 0.5]
@@ -70,8 +70,8 @@ DIFFU = _record(
 #   (plain first -> last would be 0.00 -> 0.50);
 # memory from step 0 only: 7.26 -> 7.3, 9.0;
 # step time: median of the 9 untracked times 0.3 0.1 0.2 0.9 0.4 0.8 0.6 0.7 0.5 = 0.5 (sorted: 0.1 ... 0.9, 5th).
-DIFFU_ROW = ("| sudoku | "
-             "diffu-grpo | - | 3 | 50.0 [25.0, 75.0] | 37.5 [12.5, 62.5] | -12.5 | 0.25 -> 0.75 | 7.3 | 9.0 | 0.50 |")
+DIFFU_ROW = ("| sudoku | diffu-grpo | - | 3 | 50.0 [25.0, 75.0] | 37.5 [12.5, 62.5] | -12.5 | - | 0.25 -> 0.75 | 7.3 "
+             "| 9.0 | 0.50 |")
 
 # vrpo, one step only and it is tracked: the step time falls back to that step; no change gives +0.0.
 VRPO = _record(
@@ -82,22 +82,25 @@ VRPO = _record(
             "mem/peak_activations_mb": 100.0, "mem/peak_total_mb": 101.5}],
 )
 # reward 0.20 -> 0.20 (the single step is both the first and the last fifth)
-VRPO_ROW = "| sudoku | vrpo | 16 | 1 | 0.0 [0.0, 25.0] | 0.0 [0.0, 25.0] | +0.0 | 0.20 -> 0.20 | 100.0 | 101.5 | 2.00 |"
+VRPO_ROW = ("| sudoku | vrpo | 16 | 1 | 0.0 [0.0, 25.0] | 0.0 [0.0, 25.0] | +0.0 | - | 0.20 -> 0.20 | 100.0 | 101.5 "
+            "| 2.00 |")
+# The paired column: bgpo, the first objective, is the reference ("ref"); these records carry no per-item scores, so
+# the others have nothing to pair on ("-"); tests/test_paired.py checks the numbers on records that do.
 
 
 def test_markdown_table_rows_by_hand() -> None:
     text = markdown_table([BGPO, DIFFU, VRPO])
     assert text.endswith("\n")
     lines = text.rstrip("\n").split("\n")
-    assert lines[0] == "| " + " | ".join(HEADERS.values()) + " |"
-    assert lines[1] == "|" + "---|" * 11
+    assert lines[0] == "| " + " | ".join(HEADERS.values()).replace("vs reference", "vs bgpo") + " |"
+    assert lines[1] == "|" + "---|" * 12
     assert lines[2:] == [BGPO_ROW, DIFFU_ROW, VRPO_ROW]
 
 
 def test_markdown_table_header_names_the_columns() -> None:
     header = markdown_table([]).split("\n")[0]
     cells = [c.strip() for c in header.strip("|").split("|")]
-    assert len(cells) == 11
+    assert len(cells) == 12
     assert cells[:4] == ["task", "objective", "n_t", "seed"]
     assert "95% CI" in cells[4] and "95% CI" in cells[5]
 
@@ -112,4 +115,4 @@ def test_rich_table_has_one_row_per_record() -> None:
 def test_a_failed_run_shows_its_outcome() -> None:
     failed = dataclasses.replace(BGPO, outcome="nan", evals=BGPO.evals[:1])
     row = markdown_table([failed]).rstrip("\n").split("\n")[2]
-    assert row == "| sudoku | bgpo | 4 | 0 | 25.0 [12.5, 37.5] | - | nan | 0.10 -> 0.75 | 15.3 | 20.0 | 0.50 |"
+    assert row == "| sudoku | bgpo | 4 | 0 | 25.0 [12.5, 37.5] | - | nan | ref | 0.10 -> 0.75 | 15.3 | 20.0 | 0.50 |"

@@ -23,8 +23,10 @@ from harness.cli.common import (
     parse_names,
     spec_command,
 )
+from harness.runs.registry import lookup
 from harness.runs.sweep import RECIPES, SweepSpec
 from objectives import OBJECTIVES
+from tasks import TASKS
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks (figures under results/bench).")
 
@@ -158,3 +160,60 @@ def bench_budget(
     write_json_atomic(out / "bench" / f"budget-{shape}.json", result)
     (out / "bench" / f"budget-{shape}.md").write_text(text)
     console.print(text)
+
+
+def gradstats(
+    objectives: Annotated[str, typer.Option(help="Comma list of ELBO objectives.")] = "bgpo,vrpo",
+    nt: Annotated[str, typer.Option(help="Comma list of n_t.")] = "1,2,4,8,16,32",
+    estimators: Annotated[str, typer.Option(help="Comma list of ELBO estimators.")] = "l-stratified,t-iid",
+    repeats: Annotated[int, typer.Option(help="Gradients per n_t, each with new draws (the paper: 8).")] = 8,
+    reference_nt: Annotated[int, typer.Option(help="Draws of the reference gradient (the paper: 256).")] = 256,
+    prompts: Annotated[int, typer.Option(help="Prompts of the fixed rollout batch.")] = 2,
+    group_size: Annotated[int, typer.Option(help="Completions per prompt.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the rollout batch and of the draws.")] = 0,
+    out: Out = LOCAL,
+    data_dir: DataDir = None,
+    threads: Threads = 2,
+) -> None:
+    """Gradient std and bias vs n_t for each objective and ELBO estimator, on- and off-policy (BGPO Figs. 3-4), on
+    the tiny model: OUT/gradstats/ (gradstats.md, .json, .csv, .png) with the fitted log-log slopes."""
+    import csv
+
+    import torch
+
+    from harness.bench.gradstats import CSV_FIELDS, gradstats_markdown, scored_batch
+    from harness.bench.gradstats import gradstats as measure
+    from harness.model.elbo import ESTIMATORS
+    from harness.model.policy import Policy
+    from harness.report.plots import plot_gradstats
+    from harness.runs.pipeline import resolve_model
+    from harness.runs.records import environment, write_json_atomic
+
+    names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
+    if not_elbo := [n for n in names if not OBJECTIVES[n].uses_nt]:
+        fail(f"--objectives: {', '.join(not_elbo)} draw no ELBO samples (gradstats varies n_t)")
+    chosen = [e.strip() for e in estimators.split(",")]
+    if unknown := [e for e in chosen if e not in ESTIMATORS]:
+        fail(f"--estimators: unknown {', '.join(map(repr, unknown))} (choose from {', '.join(ESTIMATORS)})")
+    nts = sorted(parse_ints("--nt", nt))
+    check_positive(prompts=prompts, group_size=group_size, reference_nt=reference_nt, threads=threads)
+    if repeats < 2:
+        fail(f"--repeats {repeats}: a standard deviation needs at least 2")
+    torch.set_num_threads(threads)
+    base = Policy.from_pretrained(resolve_model("tiny", data_dir=data_dir), dtype=torch.float64)
+    batch = scored_batch(base, lookup("task", "sudoku", TASKS)(data_dir=data_dir), prompts, group_size, seed)
+    with console.status(f"{len(names) * len(chosen) * 2} (objective, estimator, phase) x {len(nts)} n_t x "
+                        f"{repeats} gradients"):
+        result = {"model": "tiny", **measure(base, batch, names, chosen, nts, repeats, reference_nt, seed),
+                  **environment(torch.device("cpu"))}
+    folder = out / "gradstats"
+    write_json_atomic(folder / "gradstats.json", result)
+    with (folder / "gradstats.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    plot_gradstats(result["rows"], folder / "gradstats.png", "Gradient std and bias vs n_t (tiny model, float64)")
+    text = gradstats_markdown(result)
+    (folder / "gradstats.md").write_text(text)
+    console.print(text)
+    console.print(f"written: {folder} (gradstats.md, .json, .csv, .png)")

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from harness.cli import bench as cli_bench
 from harness.cli import sweep as cli_sweep
 from harness.cli.bench import bench_app
 from harness.cli.common import (
@@ -32,6 +33,7 @@ from harness.cli.common import (
     check_positive,
     command,
     console,
+    fail,
     metrics_table,
     spec_command,
 )
@@ -49,6 +51,7 @@ app.add_typer(bench_app, name="bench")
 command(app)(cli_sweep.sweep)
 command(app)(cli_sweep.leaderboard)
 command(app)(cli_sweep.check)
+command(app, "gradstats")(cli_bench.gradstats)
 
 
 def run_compare(spec: SweepSpec, out: Path) -> None:
@@ -166,6 +169,25 @@ def pretrain(data_dir: DataDir = None) -> None:
                              log=lambda step, loss: progress.update(bar, completed=step + 1,
                                                                     description=f"pretrain loss {loss:.3f}"))
     console.print(f"tiny model: {path}")
+
+
+@command(app, "figures")
+def figures(
+    results_dir: Annotated[Path, typer.Argument(help="A results folder: runs/*.json (and gradstats/ if there).")],
+    out: Annotated[Path | None, typer.Option(help="Where the PNG and CSV files go (default RESULTS_DIR/figures).")
+                   ] = None,
+) -> None:
+    """The paper's figures from existing records, no training: memory and accuracy vs n_t, reward vs step, step
+    time by phase, gradient std and bias vs n_t; a CSV beside each PNG."""
+    from harness.report.figures import read_gradstats, write_figures
+    from harness.runs.records import read_record
+
+    paths = sorted((results_dir / "runs").glob("*.json"))
+    gradstats = read_gradstats(results_dir)
+    if not paths and gradstats is None:
+        fail(f"{results_dir}: no run records (runs/*.json) and no gradstats/gradstats.json to draw from")
+    written = write_figures([read_record(p) for p in paths], out or results_dir / "figures", gradstats)
+    console.print("written: " + ", ".join(f"{p} (+ .csv)" for p in written.values()))
 
 
 @command(app, "ls")

@@ -74,19 +74,29 @@ def leaderboard(
                                                         )] = None,
     out: Out = LOCAL,
     title: Annotated[str, typer.Option(help="Page title.")] = "dllm-rl-harness leaderboard",
+    reference: Annotated[str | None, typer.Option(help="Reference arm of the paired column: OBJECTIVE or "
+                                                       "OBJECTIVE:N_T (default: the first row's objective).")] = None,
 ) -> None:
-    """Markdown, CSV and a static HTML page (sortable table, memory/accuracy vs n_t, reward curves)."""
+    """Markdown, CSV and a static HTML page (sortable table, paired differences, memory/accuracy vs n_t, reward
+    curves)."""
     from harness.report.leaderboard import write_leaderboard
+    from harness.report.paired import paired_results, parse_reference
+    from harness.runs.records import read_record
     from harness.runs.results_file import read_results
 
-    rows = []
+    if reference:
+        parse_reference(reference)
+    rows, records = [], []
     for path in results or [Path("results/results.jsonl")]:
         if not path.is_file():
             fail(f"{path}: no such results file (run `harness compare` or `harness sweep` first)")
-        rows += read_results(path, warn)
+        mine = read_results(path, warn)
+        rows += mine
+        records += [read_record(p) for r in mine if (p := path.parent / "runs" / f"{r['run_id']}.json").is_file()]
     if not rows:
         fail("no result rows to rank")
-    written = write_leaderboard(rows, out, title)
+    name = reference or rows[0]["objective"]
+    written = write_leaderboard(rows, out, title, paired_results(records, reference), name)
     console.print("written: " + ", ".join(str(p) for p in written.values()))
 
 

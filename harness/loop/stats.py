@@ -156,13 +156,47 @@ def bootstrap_mean_clustered(
         return Estimate(mean=mean, low=mean, high=mean, n=int(table.size))
     if resamples < 1:
         raise ValueError(f"resamples must be positive, got {resamples}")
+    low, high = _percentile_interval(_two_way_resampled_means(table, resamples, seed), level)
+    return Estimate(mean=mean, low=low, high=high, n=int(table.size))
+
+
+def _two_way_resampled_means(table: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Means of ``resamples`` two-way bootstrap resamples of a seeds x items table [S, n] -> [R]: seeds and,
+    independently, items drawn with replacement."""
     rng = np.random.default_rng(seed)
+    n_seeds, n_items = table.shape
     # Resampling by counts: the mean of table[seed_idx][:, item_idx] is sum_s,i c_s c_i table[s, i] / (S * n).
     seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=resamples)  # [R, S]
     item_counts = rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=resamples)  # [R, n]
-    means = np.einsum("rs,si,ri->r", seed_counts, table, item_counts) / (n_seeds * n_items)  # [R]
+    return np.einsum("rs,si,ri->r", seed_counts, table, item_counts) / (n_seeds * n_items)  # [R]
+
+
+def paired_bootstrap_seeds(
+    a_by_seed: Sequence[Sequence[float]] | np.ndarray,
+    b_by_seed: Sequence[Sequence[float]] | np.ndarray,
+    *,
+    resamples: int = DEFAULT_TEST_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> tuple[Estimate, float]:
+    """``paired_bootstrap`` over a seeds x items table: the mean of a - b on the same (seed, item) cells, with the
+    two-way bootstrap of ``bootstrap_mean_clustered`` (seeds and items resampled) and the same two-sided p-value.
+    One seed is the plain paired bootstrap over items."""
+    first, second = np.asarray(a_by_seed, dtype=np.float64), np.asarray(b_by_seed, dtype=np.float64)
+    if first.shape != second.shape or first.ndim != 2 or first.size == 0:
+        raise ValueError(f"paired tables need the same non-empty seeds x items shape, got {first.shape} and "
+                         f"{second.shape}")
+    if first.shape[0] == 1:
+        return paired_bootstrap(first[0], second[0], resamples=resamples, level=level, seed=seed)
+    _check_level(level)
+    differences = first - second  # [S, n]
+    mean = float(differences.mean())
+    if np.all(differences == differences.flat[0]):
+        return Estimate(mean, mean, mean, n=int(differences.size)), 1.0 if mean == 0.0 else 0.0
+    means = _two_way_resampled_means(differences, resamples, seed)  # [R]
     low, high = _percentile_interval(means, level)
-    return Estimate(mean=mean, low=low, high=high, n=int(table.size))
+    far_side = min(float(np.mean(means <= 0.0)), float(np.mean(means >= 0.0)))
+    return Estimate(mean, low, high, n=int(differences.size)), min(1.0, 2.0 * far_side)
 
 
 def paired_bootstrap(

@@ -31,14 +31,16 @@ from harness.runs.results_file import OUTCOMES
 
 CSV_FIELDS = ("task", "objective", "n_t", "mu", "steps", "metric", "seeds", "outcomes", "interval", "after_pct",
               "after_low_pct", "after_high_pct", "before_pct", "delta_pts", "peak_total_mb", "peak_activations_mb",
-              "step_s", "step_time_ratio")
+              "step_s", "step_time_ratio", "paired_reference", "paired_pts", "paired_low_pts", "paired_high_pts",
+              "paired_p")
 """Columns of ``leaderboard.csv``; percentages are 0..100 floats, an empty cell is a missing value."""
 RANGE_MARK = "\u2020"
 """Marks an accuracy whose brackets are the range over seeds, not a 95% CI."""
 COLUMNS = (("task", "task", False), ("objective", "objective", False), ("n_t", "n_t", True), ("mu", "mu", True),
            ("steps", "steps", True), ("seeds", "seeds", True), ("outcomes", "outcomes", False),
            ("after_pct", "acc after %", True),
-           ("delta_pts", "delta pts", True), ("peak_total_mb", "peak total MB", True),
+           ("delta_pts", "delta pts", True), ("paired", "vs reference: pts [95% CI] p", False),
+           ("peak_total_mb", "peak total MB", True),
            ("peak_activations_mb", "peak act MB", True), ("step_s", "step s", True),
            ("step_time_ratio", "step-time ratio", True))
 """(entry key, header, numeric) of the Markdown and HTML tables."""
@@ -48,6 +50,9 @@ NOTES = (
     "acc after %: mean over ok seeds of the accuracy after training. Brackets: the 95% CI of the run when one seed is "
     f"ok; [min, max] over seeds (the range over seeds, marked {RANGE_MARK}) when several are. '-': no ok seed.",
     "delta pts: acc after minus acc before (base policy), same ok seeds, in percentage points.",
+    "vs reference: acc after minus the reference arm's (paired_reference) on the same items and seeds, in points, "
+    "with a 95% paired-bootstrap interval and two-sided p-value (harness/report/paired.py); 'ref' marks the "
+    "reference, '-' an arm with nothing to pair (no run records beside the results file, or no common items).",
     "peak total / act MB: largest peak memory (total, activations) over seeds. step s: median seconds per step over "
     "seeds; step-time ratio: median over seeds of step time / reference step time.",
 )
@@ -102,7 +107,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cell(e: dict[str, Any], key: str) -> str:
     """The text of one table cell; '-' where the value is missing."""
-    value = e[key]
+    value = e.get(key)
     if value is None:
         return "-"
     if key == "after_pct":
@@ -124,7 +129,8 @@ def markdown(entries: Sequence[dict[str, Any]], title: str) -> str:
     """Title, the table and the notes that say how to read it (a table without its interval rule misleads)."""
     lines = [f"# {title}", "", "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(e, k).replace("|", "\\|") for k, _, _ in COLUMNS) + " |" for e in entries]
-    notes = [*NOTES, _metric_note(entries)]
+    references = dict.fromkeys(e["paired_reference"] for e in entries if e.get("paired_reference"))
+    notes = [*NOTES, _metric_note(entries), f"Reference arm: {', '.join(references)}." if references else ""]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes if n]) + "\n"
 
 
@@ -208,7 +214,7 @@ figure{display:inline-block;margin:1em}"""
 
 def _html_row(e: dict[str, Any]) -> str:
     """One table row; each cell carries its raw value in data-value, which the sort script compares."""
-    tds = (f'<td{"" if n else " class=t"} data-value="{html.escape("" if e[k] is None else str(e[k]))}">'
+    tds = (f'<td{"" if n else " class=t"} data-value="{html.escape("" if e.get(k) is None else str(e[k]))}">'
            f"{html.escape(cell(e, k))}</td>" for k, _, n in COLUMNS)
     return "<tr>" + "".join(tds) + "</tr>\n"
 
@@ -226,11 +232,29 @@ def html_page(entries: Sequence[dict[str, Any]], title: str) -> str:
             f"<tbody>\n{body}</tbody></table><ul>{notes}</ul>\n{figures}\n<script>{SORT_JS}</script></body></html>\n")
 
 
-def write_leaderboard(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> dict[str, Path]:
-    """Write leaderboard.md, .csv and .html into ``out_dir``; returns their paths by format."""
+def add_paired(entries: Sequence[dict[str, Any]], paired: tuple[dict, set], reference: str) -> None:
+    """Set each entry's paired difference to the reference arm (``paired.paired_results``'s output) in place."""
+    results, references = paired
+    for e in entries:
+        arm = (e["task"], e["objective"], e["n_t"], e["mu"], e["steps"])
+        result = results.get(arm)
+        e["paired_reference"] = reference
+        e["paired"] = "ref" if arm in references else result.text() if result else None
+        if result is not None:
+            d = result.difference
+            e |= {"paired_pts": 100 * d.mean, "paired_low_pts": 100 * d.low, "paired_high_pts": 100 * d.high,
+                  "paired_p": result.p_value}
+
+
+def write_leaderboard(rows: Sequence[dict[str, Any]], out_dir: Path, title: str,
+                      paired: tuple[dict, set] | None = None, reference: str = "") -> dict[str, Path]:
+    """Write leaderboard.md, .csv and .html into ``out_dir``; returns their paths by format. ``paired``: the arms'
+    paired differences to ``reference`` (from the run records; without them the column reads '-')."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = aggregate(rows)
+    if paired is not None:
+        add_paired(entries, paired, reference)
     paths = {kind: out_dir / f"leaderboard.{kind}" for kind in ("md", "csv", "html")}
     paths["md"].write_text(markdown(entries, title), encoding="utf-8")
     write_csv(entries, paths["csv"])

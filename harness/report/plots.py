@@ -67,3 +67,36 @@ def plot_learning_curves(rows: Iterable[Mapping[str, Any]], path: Path, title: s
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def plot_gradstats(rows: Iterable[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """Gradient std (left) and bias (right) against n_t on log-log axes: one line per (objective, estimator),
+    solid on-policy, dashed off-policy. Saves a PNG."""
+    from matplotlib.figure import Figure
+
+    rows = list(rows)
+    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
+    axes = figure.subplots(1, 2)
+    arms = list(dict.fromkeys((str(r["objective"]), str(r["estimator"])) for r in rows))
+    phases = list(dict.fromkeys(str(r["phase"]) for r in rows))
+    for ax, key, label in zip(axes, ("std_median", "bias_median"), ("gradient std / |theta| (median)",
+                                                                    "gradient bias / |theta| (median)"), strict=True):
+        for (objective, estimator), phase in ((arm, phase) for arm in arms for phase in phases):
+            mine = sorted((r for r in rows if (r["objective"], r["estimator"], r["phase"]) ==
+                           (objective, estimator, phase)), key=lambda r: int(r["n_t"]))
+            if mine:
+                ax.plot([int(r["n_t"]) for r in mine], [float(r[key]) for r in mine], marker="o",
+                        color=f"C{arms.index((objective, estimator)) % 10}",
+                        linestyle=LINE_STYLES[phases.index(phase) % len(LINE_STYLES)],
+                        label=f"{objective} {estimator} {phase}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("n_t (Monte Carlo draws)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[-1].legend(fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
