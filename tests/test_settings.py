@@ -112,8 +112,8 @@ def test_the_recipes_are_specs_and_plan_the_documented_arms() -> None:
     learn = plan_runs(RECIPES["learn"])
     arms = sorted({(c.objective, getattr(c.objective_config, "n_t", None), c.train.mu) for c in learn},
                   key=str)
-    assert len(learn) == 3 * 2 * 3 and {c.eval.every for c in learn} == {25}
-    assert arms == sorted([(o, n, m) for o, n in (("bgpo", 16), ("vrpo", 4), ("diffu-grpo", None))
+    assert len(learn) == 4 * 2 * 3 and {c.eval.every for c in learn} == {25}
+    assert arms == sorted([(o, n, m) for o, n in (("bgpo", 16), ("vrpo", 4), ("vrpo-exact", 16), ("diffu-grpo", None))
                            for m in (1, 2)], key=str)
     compare = plan_runs(RECIPES["compare"])
     assert [(c.objective, getattr(c.objective_config, "n_t", None)) for c in compare] == [

@@ -32,8 +32,10 @@ from harness.loop.stats import bootstrap_mean, bootstrap_mean_clustered, mcnemar
 from harness.runs.records import RunRecord, write_json_atomic
 
 METRICS = ("cell_accuracy", "solved", "valid")
-PAIRED_TESTS = (("bgpo", "vrpo"), ("bgpo", "diffu-grpo"))
-"""(a, b) pairs compared on the same puzzles at the same mu."""
+PAIRED_TESTS = (("bgpo", "vrpo"), ("bgpo", "diffu-grpo"), ("bgpo", "vrpo-exact"), ("vrpo-exact", "vrpo"))
+"""(a, b) pairs compared on the same puzzles at the same mu: BGPO against each; BGPO against VRPO-exact at the same
+n_t is the lower bound against the exact objective; VRPO-exact (n_t = 16) against VRPO-OL (n_t = 4) is what flat
+memory buys."""
 CHECKPOINT_RULE = ("Checkpoint rule: every accuracy reported is the FINAL step's policy, never the best step on the "
                    "test set; the test curve is shown for diagnosis only.")
 PCT = 100.0

@@ -85,12 +85,16 @@ class SweepSpec:
 
 RECIPES: dict[str, SweepSpec] = {
     "compare": SweepSpec(),
-    "learn": SweepSpec(nt=(), seeds=(0, 1, 2), train=TrainConfig(steps=100), eval=EvalConfig(every=25),
-                       objective_settings=(("bgpo", "n_t", 16), ("vrpo", "n_t", 4)), vary=(("mu", (1, 2)),)),
+    "learn": SweepSpec(objectives=("bgpo", "vrpo", "vrpo-exact", "diffu-grpo"), nt=(), seeds=(0, 1, 2),
+                       train=TrainConfig(steps=100), eval=EvalConfig(every=25),
+                       objective_settings=(("bgpo", "n_t", 16), ("vrpo", "n_t", 4), ("vrpo-exact", "n_t", 16)),
+                       vary=(("mu", (1, 2)),)),
 }
 """Named recipes. compare: the default comparison (30 steps at mu = 2, the paper's off-policy setting; about 10
-minutes on 2 CPU cores). learn: the learning benchmark (`harness bench learn`): BGPO at n_t = 16, VRPO-OL at n_t = 4
-and diffu-GRPO, 100 steps at mu = 1 and 2, three seeds, the test split evaluated every 25 steps."""
+minutes on 2 CPU cores). learn: the learning benchmark (`harness bench learn`): the paper's budget pairing, BGPO at
+n_t = 16 against VRPO-OL at n_t = 4 (what fits one budget for each), plus VRPO-exact at n_t = 16 (VRPO-OL's exact
+objective at BGPO's memory and n_t, so bound-vs-exact and memory-buys-n_t are measured apart) and diffu-GRPO; 100
+steps at mu = 1 and 2, three seeds, the test split evaluated every 25 steps."""
 
 
 def objective_config(name: str, n_t: int | None = None, settings: Sequence[tuple[str, Any]] = (),
