@@ -99,23 +99,24 @@ def one_update(policy: Policy, batch: Batch) -> Policy:
     return moved
 
 
-def normalised(grads: torch.Tensor, theta: torch.Tensor) -> np.ndarray:
-    """Gradients [R, P] divided by |theta| on the parameters with |theta| >= MIN_ABS_PARAMETER -> [R, P']."""
+def normalised(values: torch.Tensor, theta: torch.Tensor) -> np.ndarray:
+    """values [..., P] divided by |theta| on the parameters with |theta| >= MIN_ABS_PARAMETER -> [..., P']."""
     keep = theta.abs() >= MIN_ABS_PARAMETER
-    return (grads[:, keep] / theta[keep].abs()).numpy()
+    return (values[..., keep] / theta[keep].abs()).numpy()
 
 
 def spread(grads: torch.Tensor, theta: torch.Tensor) -> dict[str, float]:
     """Per-parameter standard deviation over repetitions [R, P] normalised by |theta| [P]: median, mean, norm ratio."""
-    relative = normalised(grads, theta).std(axis=0, ddof=1)  # [P'], unbiased over R
+    std = grads.std(dim=0)  # [P], unbiased over R
+    relative = normalised(std, theta)  # [P']
     return {"std_median": float(np.median(relative)), "std_mean": float(relative.mean()),
-            "std_norm": float(grads.std(dim=0).norm() / theta.norm())}
+            "std_norm": float(std.norm() / theta.norm())}
 
 
 def bias(grads: torch.Tensor, theta: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """|mean over repetitions - reference| per parameter, normalised by |theta|: median, mean; and in norm."""
     error = grads.mean(dim=0) - reference  # [P]
-    relative = np.abs(normalised(error.unsqueeze(0), theta)[0])
+    relative = np.abs(normalised(error, theta))  # [P']
     return {"bias_median": float(np.median(relative)), "bias_mean": float(relative.mean()),
             "bias_norm": float(error.norm() / reference.norm())}
 

@@ -25,11 +25,16 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def picked_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[targets]: logits [..., V], targets [...] -> [...]; gather - logsumexp, so no second
+    [..., V] tensor is kept for backward."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
 def token_logp(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(head(hidden))[targets] in float32 or wider: hidden [M, H], targets [M] -> [M]."""
-    logits = at_least_float32(head(hidden))  # [M, V]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [M]
-    return picked - torch.logsumexp(logits, dim=-1)  # gather - logsumexp: no second [M, V] tensor kept
+    return picked_logp(at_least_float32(head(hidden)), targets)
 
 
 def chunked_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -74,10 +79,7 @@ class MaskPredictor(nn.Module):
             hidden, head = self._hidden(input_ids, attention_mask, positions)  # [N, l, H] (or logits, head None)
             if head is None:  # a remote-code model that only returns logits
                 logits = at_least_float32(hidden)
-                if targets is None:
-                    return logits
-                picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                return picked - torch.logsumexp(logits, dim=-1)
+                return logits if targets is None else picked_logp(logits, targets)
             if targets is None:
                 return at_least_float32(head(hidden))
             return chunked_logprobs(head, hidden, targets, self.logits_chunk)

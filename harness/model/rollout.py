@@ -43,6 +43,7 @@ from typing import Protocol
 
 import torch
 
+from harness.model.elbo import micro_batches
 from harness.model.structs import Rollout
 
 
@@ -123,18 +124,13 @@ def generate(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torc
     with torch.inference_mode():
         parts = [_generate_rows(policy, prompt_ids[rows], prompt_mask[rows], cfg,
                                 generator[rows] if per_row else generator)
-                 for rows in _row_slices(n, cfg.micro_batch_size if per_row else 0)]
+                 for rows in micro_batches(n, cfg.micro_batch_size if per_row else 0)]
     completion_ids = torch.cat(parts).clone()  # [N, L], an ordinary tensor (outside inference mode)
     completion_mask = first_eos_mask(completion_ids, policy.stop_ids)  # [N, L]
     texts = policy.decode_completions(completion_ids, completion_mask)
     return Rollout(prompt_ids=prompt_ids.to(completion_ids.device), prompt_mask=prompt_mask.to(
         device=completion_ids.device, dtype=torch.bool), completion_ids=completion_ids,
         completion_mask=completion_mask, texts=texts)
-
-
-def _row_slices(n: int, size: int) -> list[slice]:
-    size = n if size <= 0 else size
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
