@@ -2,12 +2,20 @@
 
 from objectives.bgpo import BGPO
 from objectives.diffu_grpo import DiffuGRPO
+from objectives.espo import ESPO
+from objectives.gdpo import GDPO
+from objectives.spg import SPG
 from objectives.vrpo import VRPO
 from objectives.vrpo_exact import VRPOExact
+from objectives.wd1 import WD1
 
 OBJECTIVES: dict[str, type] = {
     "bgpo": BGPO,
     "vrpo": VRPO,
     "diffu-grpo": DiffuGRPO,
     "vrpo-exact": VRPOExact,
+    "spg": SPG,
+    "espo": ESPO,
+    "wd1": WD1,
+    "gdpo": GDPO,
 }

@@ -26,7 +26,9 @@ class Objective(Protocol):
     name: ClassVar[str]
     uses_nt: ClassVar[bool]  # False: the scheduler collapses the n_t axis for this objective
     needs_reference: bool  # True: the trainer snapshots the base model as the KL reference
-    config: Any  # the objective's own frozen config dataclass; has ``scale_by_std``
+    # Ratio-free objectives (SPG, wd1) may set ``resamples_each_update = True``: each update draws fresh masks
+    # instead of replaying update 0's, so an unchanged model gives another value in update 1 (the contract tests).
+    config: Any  # the objective's own frozen config dataclass; has ``scale_by_std`` (and may have ``leave_one_out``)
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> Any:
         """Once per rollout batch, before any update: draws, and old-policy terms that later updates replay."""

@@ -1,8 +1,10 @@
-"""Math shared by objectives, as plain functions: PPO clipping, the k3 KL, and the ELBO-ratio plumbing.
+"""Math shared by objectives, as plain functions: PPO clipping, the k3 KL, d1's one-step estimate and the ELBO-ratio
+plumbing.
 
-The ELBO-based objectives (BGPO, VRPO-OL) differ only in how they turn per-draw differences
-d_j = l_theta(draw j) - l_old(draw j) into an objective; everything up to d_j is here, once, so the two can only
-differ in the objective (an ablation's control).
+The ELBO-based objectives (BGPO, VRPO-OL, SPG, ESPO, GDPO) differ only in how they turn per-draw terms
+l_theta(draw j) (and differences d_j = l_theta(draw j) - l_old(draw j)) into an objective; everything up to d_j is
+here, once, so they can only differ in the objective (an ablation's control). The one-step objectives (diffu-GRPO,
+wd1) share d1's estimate the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, sample_draws
 from harness.model.policy import Policy
-from harness.model.structs import DRAWS_STREAM, Batch, generators
+from harness.model.structs import DRAWS_STREAM, PROMPT_MASK_STREAM, Batch, generators
 
 
 def ppo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float | None) -> torch.Tensor:
@@ -36,6 +38,26 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+def one_step_input(policy: Policy, batch: Batch, inner: int, p_mask_prompt: float) -> torch.Tensor:
+    """d1's one-step input: [prompt with each real token masked with probability p_mask_prompt ; fully masked
+    completion] -> [N, T]. Update ``inner`` of a batch uses its own prompt mask, drawn from each row's seed."""
+    rollout = batch.rollout
+    width = rollout.prompt_ids.shape[1]
+    scores = torch.stack([torch.rand(width, generator=g) for g in
+                          generators(batch.row_seeds, PROMPT_MASK_STREAM, inner)])  # [N, P]
+    hit = (scores < p_mask_prompt).to(rollout.prompt_mask.device) & rollout.prompt_mask  # [N, P]
+    prompt = rollout.prompt_ids.masked_fill(hit, policy.mask_id)  # [N, P]
+    return torch.cat([prompt, torch.full_like(rollout.completion_ids, policy.mask_id)], dim=1)  # [N, T]
+
+
+def one_step_logprobs(policy: Policy, batch: Batch, ids: torch.Tensor, rows: slice,
+                      reference: bool = False) -> torch.Tensor:
+    """log p(o^k | one-step input) per completion token of ``rows``: [n, L] (d1's mean-field estimate)."""
+    rollout = batch.rollout
+    return policy.token_logprobs(ids[rows], rollout.attention_mask[rows], rollout.completion_ids[rows],
+                                 rollout.prompt_ids.shape[1], reference=reference)  # [n, L]
+
+
 @dataclass
 class ElboBatch:
     """A batch prepared for an ELBO objective: its stored draws and the old policy's terms on them."""
@@ -43,13 +65,17 @@ class ElboBatch:
     batch: Batch
     draws: Draws  # K draws, replayed by every update of this rollout batch
     old_terms: torch.Tensor  # [K, N] l_old per draw, filled during update 0 (where theta == theta_old)
+    lengths: torch.Tensor  # [N] float64 answer length |y| (>= 1) under the ELBO config's answer convention
+    ref_terms: torch.Tensor | None = None  # [K, N] l_ref per draw (objectives with a KL on the ELBO), else None
 
 
 def prepare_elbo(batch: Batch, n_t: int, cfg: ElboConfig) -> ElboBatch:
     """Sample the batch's K = n_t draws from its rows' seeds (replayable) and reserve the old-policy terms."""
-    draws = sample_draws(answer_mask(batch.rollout, cfg), n_t, cfg, generators(batch.row_seeds, DRAWS_STREAM))
+    answer = answer_mask(batch.rollout, cfg)  # [N, L]
+    draws = sample_draws(answer, n_t, cfg, generators(batch.row_seeds, DRAWS_STREAM))
     old = torch.full(draws.weights.shape, float("nan"), dtype=torch.float64)  # [K, N]
-    return ElboBatch(batch=batch, draws=draws, old_terms=old)
+    lengths = answer.sum(-1).clamp_min(1).to(torch.float64).cpu()  # [N]
+    return ElboBatch(batch=batch, draws=draws, old_terms=old, lengths=lengths)
 
 
 def elbo_differences(policy: Policy, prepared: ElboBatch, k: int, rows: slice, inner: int) -> torch.Tensor:

@@ -27,9 +27,9 @@ import torch
 
 from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
-from harness.model.structs import PROMPT_MASK_STREAM, Batch, generators
+from harness.model.structs import Batch
 from objectives.base import LossTerm
-from objectives.common import k3_kl, masked_mean, ppo_surrogate
+from objectives.common import k3_kl, masked_mean, one_step_input, one_step_logprobs, ppo_surrogate
 
 
 @dataclass(frozen=True)
@@ -64,44 +64,27 @@ class DiffuGRPO:
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
-    def _masked_input(self, policy: Policy, batch: Batch, inner: int) -> torch.Tensor:
-        """[prompt with p_mask of its tokens masked ; fully masked completion] -> [N, T]."""
-        rollout = batch.rollout
-        width = rollout.prompt_ids.shape[1]
-        scores = torch.stack([torch.rand(width, generator=g) for g in
-                              generators(batch.row_seeds, PROMPT_MASK_STREAM, inner)])  # [N, P]
-        hit = scores < self.config.p_mask_prompt  # [N, P]
-        hit = hit.to(rollout.prompt_mask.device) & rollout.prompt_mask
-        prompt = rollout.prompt_ids.masked_fill(hit, policy.mask_id)  # [N, P]
-        return torch.cat([prompt, torch.full_like(rollout.completion_ids, policy.mask_id)], dim=1)  # [N, T]
-
-    def _logps(self, policy: Policy, batch: Batch, ids: torch.Tensor, rows: slice, reference: bool = False,
-               ) -> torch.Tensor:
-        rollout = batch.rollout
-        return policy.token_logprobs(ids[rows], rollout.attention_mask[rows], rollout.completion_ids[rows],
-                                     rollout.prompt_ids.shape[1], reference=reference)  # [n, L]
-
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> DiffuBatch:
         n = batch.advantages.numel()
         old: list[torch.Tensor | None] = [None]
         ref: list[torch.Tensor | None] = []
         with torch.no_grad():
             for inner in range(mu):
-                ids = self._masked_input(policy, batch, inner)  # [N, T]
+                ids = one_step_input(policy, batch, inner, self.config.p_mask_prompt)  # [N, T]
                 chunks = micro_batches(n, self.config.micro_batch_size)
                 if inner > 0:
-                    old.append(torch.cat([self._logps(policy, batch, ids, rows) for rows in chunks]))  # [N, L]
-                ref.append(torch.cat([self._logps(policy, batch, ids, rows, reference=True) for rows in chunks])
+                    old.append(torch.cat([one_step_logprobs(policy, batch, ids, rows) for rows in chunks]))  # [N, L]
+                ref.append(torch.cat([one_step_logprobs(policy, batch, ids, rows, reference=True) for rows in chunks])
                            if self.config.beta > 0 else None)
         return DiffuBatch(batch=batch, old_logps=old, ref_logps=ref)
 
     def loss_terms(self, policy: Policy, prepared: DiffuBatch, inner: int) -> Iterator[LossTerm]:
         cfg, batch = self.config, prepared.batch
-        ids = self._masked_input(policy, batch, inner)  # [N, T]
+        ids = one_step_input(policy, batch, inner, self.config.p_mask_prompt)  # [N, T]
         token_mask = batch.rollout.completion_mask  # [N, L]
         total_tokens = batch.token_total / batch.world_size  # global token mean (module docstring, departure 3)
         for rows in micro_batches(batch.advantages.numel(), cfg.micro_batch_size):
-            logp = self._logps(policy, batch, ids, rows)  # [n, L]
+            logp = one_step_logprobs(policy, batch, ids, rows)  # [n, L]
             old = prepared.old_logps[inner]
             old = logp.detach() if old is None else old[rows]  # [n, L]
             ratio = torch.exp(logp - old)  # [n, L]

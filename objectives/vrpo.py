@@ -7,6 +7,13 @@ current and old policy (VRPO's antithetic sampling), the prompt never masked and
 Implemented as the original is: autograd over exp(mean_j d_j) keeps all n_t forward graphs alive until backward, so
 activation memory grows linearly with n_t (section 2.2: "all the n_t computational graphs must be retained").
 
+This class is also the base of every sequence-ratio ELBO objective (VRPO-exact, ESPO, GDPO): they differ only in
+``sequence_objective`` (the per-sequence surrogate of m = mean_j d_j), ``advantages`` and ``flat``. The flat path
+(``_flat_terms``) takes the same gradient at one graph alive: the loss of sequence i depends on the draws only
+through m_i, so grad = f_i'(m_i) * (1/n_t) sum_k grad l_theta(draw k). A no-grad pass over the stored draws gives
+m_i and the scalar f_i'(m_i) (by autograd on a leaf, so a PPO clip zeroes it where it is active); then each draw is
+scored again and back-propagated on its own with that weight (masks replayed). Cost: n_t extra no-grad forwards.
+
 Departures and options:
 1. Advantages are group-normalised like BGPO's (the paper does not say; algorithms.md section 5.2), switchable.
 2. ``clip_eps`` (off by default: Eq. 6-7 have none) applies PPO clipping to the sequence ratio.
@@ -47,17 +54,49 @@ class VRPO:
     def __init__(self, config: VRPOConfig | None = None) -> None:
         self.config = config or VRPOConfig()
 
+    @property
+    def flat(self) -> bool:
+        """False: one term holds all n_t graphs (the original); True: the two-pass form (``_flat_terms``)."""
+        return False
+
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> ElboBatch:
         return prepare_elbo(batch, self.config.n_t, self.config.elbo)
 
+    def advantages(self, prepared: ElboBatch, rows: slice, device: torch.device) -> torch.Tensor:
+        """The advantages the surrogate multiplies: [n]."""
+        return prepared.batch.advantages[rows].to(device)
+
+    def sequence_objective(self, mean_d: torch.Tensor, prepared: ElboBatch, rows: slice) -> torch.Tensor:
+        """Per-sequence surrogate to maximise from m = mean_j d_j: min(rho A, clip(rho) A), rho = e^m. [n] -> [n]."""
+        ratio = torch.exp(mean_d)  # [n]
+        return ppo_surrogate(ratio, self.advantages(prepared, rows, mean_d.device).to(ratio), self.config.clip_eps)
+
     def loss_terms(self, policy: Policy, prepared: ElboBatch, inner: int) -> Iterator[LossTerm]:
-        batch = prepared.batch
-        n = batch.advantages.numel()
+        n = prepared.batch.advantages.numel()
         for rows in micro_batches(n, self.config.micro_batch_size):
-            adv = batch.advantages[rows].to(policy.device)  # [n]
+            if self.flat:
+                yield from self._flat_terms(policy, prepared, inner, rows, n)
+                continue
             d = torch.stack([elbo_differences(policy, prepared, k, rows, inner)
                              for k in range(self.config.n_t)])  # [K, n], all K graphs alive
-            ratio = torch.exp(d.mean(0))  # [n]
-            r = ppo_surrogate(ratio, adv.to(ratio), self.config.clip_eps)  # [n]
-            stats = {"ratio/mean": ratio.detach().mean(), "elbo/d_absmax": d.detach().abs().max()}
+            r = self.sequence_objective(d.mean(0), prepared, rows)  # [n]
+            stats = {"ratio/mean": torch.exp(d.detach().mean(0)).mean(), "elbo/d_absmax": d.detach().abs().max()}
             yield LossTerm(-r.sum() / n, stats)
+
+    def _flat_terms(self, policy: Policy, prepared: ElboBatch, inner: int, rows: slice, n: int,
+                    ) -> Iterator[LossTerm]:
+        """The same value and gradient as the all-graphs term, one draw's graph at a time (module docstring)."""
+        n_t = self.config.n_t
+        with torch.no_grad():  # pass 1: m_i, no graph kept (at update 0 it also stores l_old)
+            d = torch.stack([elbo_differences(policy, prepared, k, rows, inner) for k in range(n_t)])  # [K, n]
+        with torch.enable_grad():  # f'(m) by autograd on a leaf (also when the caller runs without grad)
+            mean_d = d.mean(0).requires_grad_()  # [n]
+            r = self.sequence_objective(mean_d, prepared, rows)  # [n]
+            (slope,) = torch.autograd.grad(r.sum(), mean_d)  # [n] f'(m)
+        weight = (slope / n_t).detach()  # [n]
+        value = -r.detach().sum() / n  # the loss on these rows
+        stats = {"ratio/mean": torch.exp(d.mean(0)).mean(), "elbo/d_absmax": d.abs().max()}
+        for k in range(n_t):  # pass 2: one draw's graph at a time
+            d_k = elbo_differences(policy, prepared, k, rows, inner)  # [n]
+            surrogate = -(weight * (d_k - d_k.detach())).sum() / n  # value 0, gradient -f'(m) grad l_k / (n_t n)
+            yield LossTerm(surrogate + value / n_t, stats)

@@ -7,10 +7,18 @@ import torch
 STD_EPS = 1e-6  # BGPO's Eq. 18 divides by the group std with no epsilon; equal rewards would divide by zero (P8)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool) -> torch.Tensor:
-    """A_i = r_i - mean_group(r), optionally / (std_group(r) + eps). rewards [B*G] grouped contiguously -> [B*G]."""
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool,
+                     leave_one_out: bool = False) -> torch.Tensor:
+    """A_i = r_i - mean_group(r), optionally / (std_group(r) + eps). rewards [B*G] grouped contiguously -> [B*G].
+
+    ``leave_one_out`` (RLOO, ESPO's and coupled-GRPO's baseline): A_i = r_i - mean_{j != i} r_j, which is
+    G / (G - 1) (r_i - mean_group(r))."""
     grouped = rewards.view(-1, group_size)  # [B, G]
     centered = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
+    if leave_one_out:
+        if group_size < 2:
+            raise ValueError("leave-one-out advantages need a group of at least 2 completions")
+        centered = centered * group_size / (group_size - 1)
     if scale_by_std:
         centered = centered / (grouped.std(dim=1, keepdim=True) + STD_EPS)  # unbiased std, as TRL and DARE
     return centered.reshape(-1)  # [B*G]

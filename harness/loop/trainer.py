@@ -137,7 +137,8 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
     with meter.phase("reward"):
         rewards = torch.tensor([task.reward(item, text) for item, text in zip(group, rollout.texts, strict=True)],
                                dtype=torch.float32)  # [N]
-    advantages = group_advantages(rewards, cfg.group_size, objective.config.scale_by_std)  # [N]
+    advantages = group_advantages(rewards, cfg.group_size, objective.config.scale_by_std,  # [N]
+                                  getattr(objective.config, "leave_one_out", False))
     tokens = accelerator.reduce(rollout.completion_mask.sum().to(policy.device), reduction="sum")
     batch = Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=cfg.group_size,
                   row_seeds=row_seeds, world_size=accelerator.num_processes, global_tokens=int(tokens))

@@ -61,8 +61,10 @@ class SweepSpec:
     """Seeds: each (task, objective, n_t) runs once per seed."""
     model: str = "tiny"
     """'tiny' (the built-in model, pretrained on first use) or a local Hugging Face checkpoint folder."""
-    estimator: str = ElboConfig.estimator
-    """ELBO estimator of every ELBO objective: 'l-stratified' or 't-iid' (see harness/model/elbo.py)."""
+    estimator: str | None = None
+    """ELBO estimator of every ELBO objective: 'l-stratified', 't-iid', 'complementary', 'gauss' or 'block' (see
+    harness/model/elbo.py); None: each objective's own (l-stratified for BGPO and VRPO-OL, block for SPG,
+    complementary for ESPO, gauss for GDPO)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, mu=2))
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -131,7 +133,8 @@ def objective_points(spec: SweepSpec, name: str, nts_by_objective: dict[str, tup
     its own settings fix, or None for an objective without ELBO draws; settings: the shared estimator, then its own."""
     own = [(key, value) for objective, key, value in spec.objective_settings if objective == name]
     objective = lookup("objective", name, OBJECTIVES)
-    settings = ([("elbo.estimator", spec.estimator)] if hasattr(objective().config, "elbo") else []) + own
+    shared = spec.estimator is not None and hasattr(objective().config, "elbo")
+    settings = ([("elbo.estimator", spec.estimator)] if shared else []) + own
     if not objective.uses_nt or "n_t" in dict(own):
         return [(None, settings)]
     return [(n_t, settings) for n_t in sorted(nts_by_objective.get(name, spec.nt))]
@@ -193,8 +196,14 @@ def validate_spec(spec: SweepSpec, where: str = "") -> None:
         lookup("task", name, TASKS)
     if spec.memory_budget is not None:
         parse_size(spec.memory_budget)
-    ElboConfig(estimator=spec.estimator)
+    if spec.estimator is not None:
+        ElboConfig(estimator=spec.estimator)
     for cfg in plan_runs(spec):
+        if hasattr(cfg.objective_config, "elbo"):
+            try:
+                cfg.objective_config.elbo.check_draws(cfg.objective_config.n_t)
+            except ValueError as error:
+                raise ValueError(f"{where}{cfg.objective}: {error}") from None
         cfg.train.validate()
         cfg.eval.validate()
         cfg.policy.validate()
