@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, sample_draws
+from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, for_rollout, sample_draws
 from harness.model.policy import Policy
 from harness.model.structs import DRAWS_STREAM, PROMPT_MASK_STREAM, Batch, generators
 
@@ -72,7 +72,7 @@ class ElboBatch:
 def prepare_elbo(batch: Batch, n_t: int, cfg: ElboConfig) -> ElboBatch:
     """Sample the batch's K = n_t draws from its rows' seeds (replayable) and reserve the old-policy terms."""
     answer = answer_mask(batch.rollout, cfg)  # [N, L]
-    draws = sample_draws(answer, n_t, cfg, generators(batch.row_seeds, DRAWS_STREAM))
+    draws = sample_draws(answer, n_t, for_rollout(cfg, batch.rollout), generators(batch.row_seeds, DRAWS_STREAM))
     old = torch.full(draws.weights.shape, float("nan"), dtype=torch.float64)  # [K, N]
     lengths = answer.sum(-1).clamp_min(1).to(torch.float64).cpu()  # [N]
     return ElboBatch(batch=batch, draws=draws, old_terms=old, lengths=lengths)

@@ -1,14 +1,14 @@
 """SPG: Sandwiched Policy Gradient (Wang et al., arXiv 2510.09541v3, Eq. 4-8, Thm. 1; code facebookresearch/SPG
 spg/spg_trainer.py; objectives-more.md section 1).
 
-The advantage-weighted log-likelihood (1/g) sum_j A_j log pi(y_j) is bounded from below by taking, per sequence, a
-lower bound of log pi where A > 0 and an upper bound where A <= 0 (Eq. 5):
+The advantage-weighted log-likelihood (1/g) sum_j A_j log pi(y_j) is bounded from below by a lower bound of log pi
+where A > 0 and an upper bound where A <= 0 (Eq. 5):
 
     J = sum_i A_i [1(A_i > 0) B_i + 1(A_i <= 0) U_i] / sum_i L_i           (maximised; A = r - mean, no std)
 
-B_i is the ELBO over n_t block-wise masked draws (``ElboConfig(estimator="block")``: the sampler's
-semi-autoregressive states), B_i = (1/n_t) sum_j w_ij sum_{k in M_ij} log p_ijk with w_ij = L_i / |M_ij|. U_i is the
-Renyi evidence upper bound (EUBO, Thm. 1 / Cor. 1) estimated as the official code does,
+B_i is the ELBO over n_t block-wise masked draws (``estimator="block"``, the sampler's blocks),
+B_i = (1/n_t) sum_j w_ij sum_{k in M_ij} log p_ijk with w_ij = L_i / |M_ij|; U_i is the Renyi evidence upper bound
+(EUBO, Thm. 1 / Cor. 1) estimated as the official code does,
 
     U_i = (L_i / |U|) (1/beta) sum_{k in U} log[(1/n_t) sum_j 1(k in M_ij) w_ij p_ijk^beta],   U = union_j M_ij,
 
@@ -17,26 +17,25 @@ importance ratio, clip or KL: updates 2..mu of a rollout batch are uncorrected s
 fresh masks (pitfall P-SPG1), as the official code does. With n_t = 1 the EUBO's gradient is the ELBO's (every
 masked token's softmax over draws is 1, P-SPG4), so the EUBO and mixture need n_t >= 2.
 
-Memory: the ELBO branch is linear in the draws (one term per draw, as BGPO). The EUBO is not, but its gradient is
-sum_j sum_k c_ijk grad log p_ijk with c from the draws' values; ``flat=True`` (default) takes c by autograd on a
-no-grad pass over the draws, then back-propagates one draw at a time (an exact gradient, n_t extra no-grad forwards
-when a micro-batch holds a sequence with A <= 0). ``flat=False`` keeps all n_t graphs, as the official single
-batched forward does.
+Memory: the ELBO branch is linear in the draws (one term per draw, as BGPO). The EUBO's gradient is
+sum_jk c_ijk grad log p_ijk with c from the draws' values: ``flat=True`` takes c by autograd on a no-grad pass, then
+back-propagates one draw at a time (exact; n_t extra no-grad forwards where a micro-batch holds an A <= 0 row).
+``flat=False`` keeps all n_t graphs, as the official single batched forward does.
 
-Departures: the block is picked uniformly among the answer's blocks (P-SPG5); the prompt is never masked (the
-official ``block_random`` masks prompt tokens with p = 0.15, the paper also clean blocks, P-SPG3), and positions
-after the first EOS keep their EOS (the official code masks them, P-SPG6); p^beta is taken in log space from float32
-log-probabilities, so no token underflows out of U (P-SPG7); the token mean is over the global batch.
+Departures: the block is uniform among the answer's blocks (P-SPG5); the prompt is never masked (the official code
+masks prompt tokens with p = 0.15, P-SPG3) and positions after the first EOS keep their EOS (P-SPG6); p^beta is
+taken in log space, so no token underflows out of U (P-SPG7); the token mean is over the global batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from harness.model.elbo import ElboConfig, answer_mask, draw_token_logprobs, micro_batches, sample_draws
+from harness.model.elbo import ElboConfig, answer_mask, draw_token_logprobs, for_rollout, micro_batches, sample_draws
 from harness.model.policy import Policy
 from harness.model.structs import DRAWS_STREAM, Batch, generators
 from objectives.base import LossTerm
@@ -83,7 +82,7 @@ def eubo_estimate(logps: torch.Tensor, masks: torch.Tensor, weights: torch.Tenso
     in_union = masks.any(0)  # [n, L] tokens masked in at least one draw
     scores = torch.log(weights).unsqueeze(-1) + beta * logps  # [K, n, L] log(w p^beta)
     scores = scores.masked_fill(~masks, float("-inf")).masked_fill(~in_union.unsqueeze(0), 0.0)  # finite off U
-    per_token = torch.logsumexp(scores, dim=0) - torch.log(torch.tensor(float(logps.shape[0])))  # [n, L]
+    per_token = torch.logsumexp(scores, dim=0) - math.log(logps.shape[0])  # [n, L]
     union = in_union.sum(-1).clamp_min(1)  # [n] |U_i|
     return (lengths / union) * (per_token * in_union).sum(-1) / beta
 
@@ -113,13 +112,13 @@ class SPG:
 
     def loss_terms(self, policy: Policy, prepared: Batch, inner: int) -> Iterator[LossTerm]:
         batch, cfg = prepared, self.config
-        answer = answer_mask(batch.rollout, cfg.elbo)  # [N, L]
-        draws = sample_draws(answer, cfg.n_t, cfg.elbo, generators(batch.row_seeds, DRAWS_STREAM, inner))
-        lengths = answer.sum(-1).clamp_min(1).to(torch.float64)  # [N] L_i
-        total_tokens = batch.token_total / batch.world_size  # global token mean (as diffu-GRPO)
+        answer = answer_mask(batch.rollout, cfg.elbo)  # [N, L]; blocks of the sampler's block length by default:
+        draws = sample_draws(answer, cfg.n_t, for_rollout(cfg.elbo, batch.rollout),
+                             generators(batch.row_seeds, DRAWS_STREAM, inner))  # fresh masks per update
+        lengths, total_tokens = answer.sum(-1).clamp_min(1).double(), batch.token_total / batch.world_size  # global
 
-        def token_logps(k: int, rows: slice) -> torch.Tensor:
-            return draw_token_logprobs(policy, batch.rollout, draws, k, rows)  # [n, L]
+        def token_logps(k: int, rows: slice) -> torch.Tensor:  # [n, L]
+            return draw_token_logprobs(policy, batch.rollout, draws, k, rows)
 
         for rows in micro_batches(batch.advantages.numel(), cfg.micro_batch_size):
             adv = batch.advantages[rows].to(torch.float64)  # [n]
@@ -144,8 +143,7 @@ class SPG:
                 bounds = self.sequence_bounds(leaf, masks, weights.to(leaf), adv.to(leaf), length.to(leaf))
                 objective = (adv.to(bounds) * bounds).sum()
                 (coeff,) = torch.autograd.grad(objective, leaf)  # [K, n, L]
-            value = -objective.detach() / total_tokens
-            stats = {"spg/bound_mean": bounds.detach().mean()}
+            value, stats = -objective.detach() / total_tokens, {"spg/bound_mean": bounds.detach().mean()}
             for k in range(cfg.n_t):  # pass 2: one draw's graph at a time
                 logp = token_logps(k, rows)  # [n, L]
                 surrogate = -(coeff[k] * (logp - logp.detach())).sum() / total_tokens  # value 0, exact gradient

@@ -86,6 +86,26 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("HF_HOME", str(cache / "hf"))
 
 
+class FixedLogprobPolicy:
+    """A stand-in policy: token_logprobs returns the fixed per-position values ``c`` [N, L], whatever the input (or
+    ``ref`` under ``reference=True``), so an objective's arithmetic can be worked by hand. Set ``c`` between updates
+    to move the "current policy" off the old one."""
+
+    device = torch.device("cpu")
+    mask_id = 256
+    eos_id = 257
+    pad_id = 258
+
+    def __init__(self, c: torch.Tensor, ref: torch.Tensor | None = None) -> None:
+        self.c, self.ref = c, ref
+
+    def token_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
+                       start: int, reference: bool = False) -> torch.Tensor:
+        assert ids.shape == attention_mask.shape and targets.shape[1] == ids.shape[1] - start
+        values = self.ref if reference else self.c
+        return values[: ids.shape[0]]
+
+
 def make_policy(dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int = 32, layers: int = 2):
     """A tiny bidirectional Llama on the built-in tokenizer; large init so outputs depend on the input."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -25,6 +25,7 @@ from harness.runs.config import RunConfig
 from harness.runs.pipeline import RunContext, eval_items, make_task, run
 from harness.runs.records import write_record
 from objectives import OBJECTIVES
+from objectives.common import one_step_input
 
 OBJECTIVE_NAMES = ("bgpo", "vrpo", "diffu-grpo")
 DECODING = RolloutConfig(gen_length=8, block_length=4, steps=4)
@@ -76,7 +77,7 @@ def main(model: str, out: Path) -> None:
             if hasattr(prepared, "draws"):
                 drawn = prepared.draws.masks.clone()
             else:  # diffu-GRPO: its prompt masks
-                drawn = objective._masked_input(policy, batch, 0).eq(policy.mask_id)
+                drawn = one_step_input(policy, batch, 0, objective.config.p_mask_prompt).eq(policy.mask_id)
             seen[current]["draws"].append(drawn)
             seen[current]["row_seeds"].append(list(batch.row_seeds))
             return prepared

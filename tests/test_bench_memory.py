@@ -74,3 +74,25 @@ def test_the_command_writes_its_table_and_json(tmp_path: Path, monkeypatch: pyte
     assert [(r["n_t"], r["logits_chunk"]) for r in result["rows"]] == [(1, 0), (2, 0), (1, 4), (2, 4)]
     assert len(result["chunk_ratios"]) == 2
     assert "peak total without chunked log-probabilities" in (tmp_path / "bench" / "memory-llama-tiny.md").read_text()
+
+
+def test_variants_carry_their_settings_and_an_inadmissible_n_t_is_a_row_with_its_reason() -> None:
+    # 'spg@flat=false' is SPG with all n_t graphs in one term; n_t = 1 is not admitted by SPG's mixture (P-SPG4) nor
+    # by ESPO's complementary pairs (odd): those rows say why, and the measurement goes on at n_t = 2 and 4.
+    device = torch.device("cpu")
+    load, batch, _ = bench_inputs("llama-tiny", device, torch.float32, 4, 8, 16)
+    rows = memory_rows(load, batch, ["spg", "spg@flat=false", "espo"], [1, 2, 4], [0], device)
+    assert [(r["objective"], r["n_t"], r["outcome"]) for r in rows] == [
+        ("spg", 1, "invalid"), ("spg", 2, "ok"), ("spg", 4, "ok"), ("spg@flat=false", 1, "invalid"),
+        ("spg@flat=false", 2, "ok"), ("spg@flat=false", 4, "ok"), ("espo", 1, "invalid"), ("espo", 2, "ok"),
+        ("espo", 4, "ok")]
+    assert "needs n_t >= 2" in rows[0]["reason"] and "must be even" in rows[6]["reason"]
+    peaks = {(r["objective"], r["n_t"]): r.get(ACT) for r in rows}
+    assert peaks[("spg@flat=false", 4)] > 1.5 * peaks[("spg", 4)]  # 4 graphs alive against 1
+    result = {"model": "llama-tiny", "dtype": "float32", "batch": "b", "rows": rows,
+              "activation_growth": growth_ratios(rows), "chunk_ratios": [], "device": {"name": "cpu"}}
+    text = memory_markdown(result)
+    assert "- spg, n_t = 1: not measured (spg n_t=1: the mix bound needs n_t >= 2" in text
+    assert "- spg: peak activations at the largest n_t / the smallest (2) = " in text
+    with pytest.raises(ValueError, match="expected NAME or NAME@key=value"):
+        memory_rows(load, batch, ["spg@flat"], [2], [0], device)

@@ -12,6 +12,7 @@ import torch
 from conftest import make_batch
 
 from harness.loop.advantages import group_advantages
+from objectives.common import one_step_input
 from objectives.diffu_grpo import DiffuGRPO, DiffuGRPOConfig
 
 
@@ -78,7 +79,7 @@ def test_prompt_mask_hits_only_real_prompt_tokens_and_the_whole_completion(polic
     batch = make_batch(policy64, n_prompts=6, prompt_len=12, seed=3)
     rollout = batch.rollout
     objective = DiffuGRPO(DiffuGRPOConfig(p_mask_prompt=0.5))
-    ids = objective._masked_input(policy64, batch, inner=0)
+    ids = one_step_input(policy64, batch, 0, objective.config.p_mask_prompt)
     width = rollout.prompt_ids.shape[1]
     prompt_hit = ids[:, :width] == policy64.mask_id
     assert ids.shape == rollout.input_ids.shape
@@ -92,18 +93,17 @@ def test_prompt_mask_hits_only_real_prompt_tokens_and_the_whole_completion(polic
 def test_prompt_mask_is_replayable_from_the_batch_seed_and_update_index(policy64) -> None:
     batch = make_batch(policy64, n_prompts=6, prompt_len=12, seed=4)
     objective = DiffuGRPO()
-    first = objective._masked_input(policy64, batch, inner=0)
-    assert torch.equal(first, objective._masked_input(policy64, batch, inner=0))
-    assert torch.equal(first, DiffuGRPO()._masked_input(policy64, batch, inner=0))  # not state of the object
-    assert not torch.equal(first, objective._masked_input(policy64, batch, inner=1))
+    first = one_step_input(policy64, batch, 0, objective.config.p_mask_prompt)
+    assert torch.equal(first, one_step_input(policy64, batch, 0, objective.config.p_mask_prompt))
+    assert not torch.equal(first, one_step_input(policy64, batch, 1, objective.config.p_mask_prompt))
     other_seed = type(batch)(**{**batch.__dict__, "row_seeds": tuple(s + 1 for s in batch.row_seeds)})
-    assert not torch.equal(first, objective._masked_input(policy64, other_seed, inner=0))
+    assert not torch.equal(first, one_step_input(policy64, other_seed, 0, objective.config.p_mask_prompt))
 
 
 def test_prompt_mask_does_not_touch_the_global_rng(policy64) -> None:
     batch = make_batch(policy64, seed=4)
     state = torch.get_rng_state()
-    DiffuGRPO()._masked_input(policy64, batch, inner=0)
+    one_step_input(policy64, batch, 0, DiffuGRPO().config.p_mask_prompt)
     assert torch.equal(state, torch.get_rng_state())  # d1 re-seeds the global RNG here (pitfall P1)
 
 
@@ -112,7 +112,7 @@ def test_prompt_masking_rate_is_close_to_p_mask(policy64, p_mask: float) -> None
     batch = make_batch(policy64, n_prompts=100, group=4, prompt_len=40, seed=6)
     real = batch.rollout.prompt_mask
     objective = DiffuGRPO(DiffuGRPOConfig(p_mask_prompt=p_mask))
-    hit = objective._masked_input(policy64, batch, inner=0)[:, :40] == policy64.mask_id
+    hit = one_step_input(policy64, batch, 0, objective.config.p_mask_prompt)[:, :40] == policy64.mask_id
     n_real = int(real.sum())  # ~400 rows x ~30 real tokens = ~12,000 Bernoulli(p) draws
     rate = float(hit.sum()) / n_real
     # std of the rate = sqrt(p (1 - p) / n) <= sqrt(0.21 / 12000) = 0.0042; 5 std = 0.021.
@@ -126,7 +126,7 @@ def test_second_update_matches_a_hand_computation_with_clip_and_k3_kl(policy64) 
     policy64.snapshot_reference()
     objective = DiffuGRPO(DiffuGRPOConfig(beta=0.04, clip_eps=0.5, p_mask_prompt=0.15))
     prepared = objective.prepare(policy64, batch, mu=2)
-    ids1 = objective._masked_input(policy64, batch, inner=1)  # update 1's prompt mask
+    ids1 = one_step_input(policy64, batch, 1, objective.config.p_mask_prompt)  # update 1's prompt mask
 
     # prepare stores pi_old and pi_ref on mask 1, computed before any update: both equal the current policy here.
     assert prepared.old_logps[0] is None
@@ -165,7 +165,7 @@ def test_clip_ratio_stats_count_only_completion_tokens(policy64) -> None:
     batch = _on_policy_batch(policy64, seed=7)
     objective = DiffuGRPO(DiffuGRPOConfig(beta=0.0, clip_eps=0.5))
     prepared = objective.prepare(policy64, batch, mu=2)
-    ids1 = objective._masked_input(policy64, batch, inner=1)
+    ids1 = one_step_input(policy64, batch, 1, objective.config.p_mask_prompt)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in policy64.model.parameters():

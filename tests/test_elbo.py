@@ -12,30 +12,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_batch
+from conftest import FixedLogprobPolicy, make_batch
 
 from harness.model.elbo import ESTIMATORS, ElboConfig, answer_mask, draw_terms, micro_batches, sample_draws
 
 T_IID = ElboConfig(estimator="t-iid")
 L_STRAT = ElboConfig(estimator="l-stratified")
 EVERY = [ElboConfig(estimator=e, block_length=3) for e in ESTIMATORS]  # blocks of 3: several blocks in 8 positions
-
-
-class FixedLogprobPolicy:
-    """A stand-in policy: token_logprobs returns the fixed per-position values ``c`` [N, L], whatever the input."""
-
-    device = torch.device("cpu")
-    mask_id = 256
-    eos_id = 257
-    pad_id = 258
-
-    def __init__(self, c: torch.Tensor) -> None:
-        self.c = c
-
-    def token_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-                       start: int, reference: bool = False) -> torch.Tensor:
-        assert ids.shape == attention_mask.shape and targets.shape[1] == ids.shape[1] - start
-        return self.c[: ids.shape[0]]
 
 
 def _batch(seed: int = 0, n_prompts: int = 3, gen: int = 8):

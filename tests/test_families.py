@@ -41,7 +41,9 @@ def test_llada_layout_loads_natively_and_matches_the_golden_logits_of_its_own_co
     ids = golden["input_ids"]  # [3, 16]
     logits = policy.logits(ids, torch.ones_like(ids, dtype=torch.bool))  # [3, 16, 288]
     assert logits.dtype == torch.float32 and logits.shape == golden["logits"].shape
-    assert (logits - golden["logits"]).abs().max().item() <= 1e-5
+    # 0.0 on the AMD EPYC that wrote the golden file, 1.2e-5 on an Intel Xeon (other float32 kernels sum in another
+    # order); a wrong weight mapping is off by O(1).
+    assert (logits - golden["logits"]).abs().max().item() <= 1e-4
 
 
 def test_llada_mask_id_comes_from_config_json_when_the_tokenizer_declares_none(tmp_path: Path) -> None:

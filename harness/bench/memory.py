@@ -54,20 +54,50 @@ def bench_inputs(model: str, device: torch.device, dtype: torch.dtype, sequences
                           f"(random tokens, advantages +-1).")
 
 
+def objective_variant(entry: str) -> tuple[str, list[tuple[str, str]]]:
+    """'spg' -> ('spg', []); 'spg@flat=false' -> ('spg', [('flat', 'false')]): an objective with its own settings
+    (each '@key=value' one), so a flat and an all-graphs form are measured side by side."""
+    name, *pairs = entry.split("@")
+    settings = [tuple(pair.split("=", 1)) for pair in pairs]
+    if any(len(pair) != 2 for pair in settings):
+        raise ValueError(f"--objectives {entry!r}: expected NAME or NAME@key=value[@key=value]")
+    return name, settings  # type: ignore[return-value]
+
+
+def memory_entries(objectives: str) -> list[str]:
+    """The --objectives list of ``harness bench memory``, checked: 'all' is every objective plus the all-graphs form
+    (``@flat=false``) of those with a flat option; ValueError naming a bad entry."""
+    from harness.runs.sweep import objective_config
+
+    names = [n.strip() for n in objectives.split(",") if n.strip()]
+    if names == ["all"]:
+        names = list(OBJECTIVES) + [f"{n}@flat=false" for n in OBJECTIVES if hasattr(OBJECTIVES[n]().config, "flat")]
+    if not names:
+        raise ValueError("--objectives is empty")
+    for entry in names:
+        name, settings = objective_variant(entry)
+        objective_config(name, None, settings, where="--objectives")
+    return names
+
+
 def memory_rows(load: Callable[[], Policy], batch: Batch, names: Sequence[str], nts: Sequence[int],
                 chunks: Sequence[int], device: torch.device, micro_batch_size: int = 0) -> list[dict[str, Any]]:
     """One measured update (memory split, time, or 'oom') per (logits chunk, objective, n_t), n_t ascending; an
-    objective stops at its first out-of-memory n_t. ``load`` hands out the policy (fresh or shared)."""
+    objective stops at its first out-of-memory n_t. ``names`` may carry settings (``objective_variant``). ``load``
+    hands out the policy (fresh or shared)."""
+    from harness.runs.sweep import objective_config
+
     rows = []
     for chunk in chunks:
-        for name in names:
+        for entry in names:
+            name, settings = objective_variant(entry)
             policy = load()
             policy.model.logits_chunk = chunk
-            if OBJECTIVES[name]().needs_reference:
-                policy.snapshot_reference()
             uses_nt = OBJECTIVES[name].uses_nt
+            if OBJECTIVES[name](objective_config(name, None, settings)).needs_reference:
+                policy.snapshot_reference()
             for row in probe_nts(policy, batch, name, list(nts) if uses_nt else [min(nts)], device, None,
-                                 micro_batch_size):
+                                 micro_batch_size, settings=settings, label=entry):
                 rows.append({**row, "n_t": row["n_t"] if uses_nt else None, "logits_chunk": chunk})
     return rows
 
@@ -113,8 +143,11 @@ def memory_markdown(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     nts = [r["n_t"] for r in result["rows"] if r["n_t"] is not None]
-    lines += [f"- {name}: peak activations at the largest n_t / the smallest ({min(nts)}) = **{ratio:.2f}x**"
-              for name, ratio in result["activation_growth"].items()]
+    lines += [f"- {r['objective']}, n_t = {r['n_t']}: not measured ({r['reason']})"
+              for r in result["rows"] if r["outcome"] == "invalid"]
+    smallest = {r["objective"]: r["n_t"] for r in reversed(result["rows"]) if r["outcome"] == "ok" and r["n_t"]}
+    lines += [f"- {name}: peak activations at the largest n_t / the smallest ({smallest.get(name, min(nts))}) = "
+              f"**{ratio:.2f}x**" for name, ratio in result["activation_growth"].items()]
     lines += [f"- {c['objective']}, n_t = {c['n_t'] if c['n_t'] is not None else '-'}: peak total without chunked "
               f"log-probabilities / with chunks of {c['logits_chunk']} tokens = **{c['ratio']:.2f}x**"
               for c in result["chunk_ratios"]]

@@ -34,7 +34,9 @@ bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchm
 def bench_memory(
     model: Annotated[str, typer.Option(help="'tiny', a model shape with random weights (llada-8b, llada-1b, "
                                             "llada-vocab, llama-tiny) or a checkpoint folder.")] = "tiny",
-    objectives: Annotated[str, typer.Option(help="Comma list of objectives (default: all).")] = ",".join(OBJECTIVES),
+    objectives: Annotated[str, typer.Option(help="Comma list of objectives, each optionally with its own settings "
+                                                 "(spg@flat=false); 'all': every objective, plus the all-graphs form "
+                                                 "of those with a flat option.")] = "all",
     nt: Annotated[str, typer.Option(help="Comma list of n_t, measured ascending until out of memory.")
                   ] = "1,2,4,8,16,32",
     logits_chunk: Annotated[str, typer.Option(help="Comma list of logits chunk sizes (0 = the whole batch's logits "
@@ -55,11 +57,14 @@ def bench_memory(
     """Peak memory and time of one update vs n_t for every objective; BGPO should stay flat, VRPO-OL grow."""
     import torch
 
-    from harness.bench.memory import bench_inputs, chunk_ratios, growth_ratios, memory_markdown, memory_rows
+    from harness.bench import memory as bench
     from harness.model.device import resolve_device
     from harness.runs.records import environment, write_json_atomic
 
-    names = parse_names("--objectives", objectives, "objective", OBJECTIVES)
+    try:
+        names = bench.memory_entries(objectives)
+    except ValueError as error:
+        fail(str(error))
     nts = sorted(parse_ints("--nt", nt))
     chunks = parse_ints("--logits-chunk", logits_chunk, minimum=0)
     check_positive(threads=threads, sequences=sequences, prompt_length=prompt_length, gen_length=gen_length)
@@ -68,14 +73,15 @@ def bench_memory(
         fail(f"--dtype {dtype!r}: expected bfloat16 or float32")
     torch.set_num_threads(threads)
     dev = resolve_device(device)
-    load, batch, described = bench_inputs(model, dev, getattr(torch, dtype), sequences, prompt_length, gen_length,
-                                          data_dir)
+    load, batch, described = bench.bench_inputs(model, dev, getattr(torch, dtype), sequences, prompt_length,
+                                                gen_length, data_dir)
     with console.status("measuring one update per (logits chunk, objective, n_t)"):
-        rows = memory_rows(load, batch, names, nts, chunks, dev, micro_batch_size)
+        rows = bench.memory_rows(load, batch, names, nts, chunks, dev, micro_batch_size)
     label = model if model == "tiny" or not Path(model).is_dir() else Path(model).name
     result = {"model": label, "dtype": dtype, "batch": described, "n_t": nts, "logits_chunks": chunks, "rows": rows,
-              "activation_growth": growth_ratios(rows), "chunk_ratios": chunk_ratios(rows), **environment(dev)}
-    text = memory_markdown(result)
+              "activation_growth": bench.growth_ratios(rows), "chunk_ratios": bench.chunk_ratios(rows),
+              **environment(dev)}
+    text = bench.memory_markdown(result)
     console.print(text)
     stem = name or ("memory" if model == "tiny" else f"memory-{label}")
     write_json_atomic(out / "bench" / f"{stem}.json", result)

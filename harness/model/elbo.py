@@ -27,9 +27,10 @@ Estimators (``ElboConfig.estimator``):
    Departure: the NeMo-RL port masks exactly max(1, floor(t_k L)) tokens with weight w_k / t_k, which is biased
    for short answers (pitfall P-GDPO2); the Bernoulli mask keeps each node's term unbiased for its integrand.
 5. ``block`` (SPG's block-wise masks, arXiv 2510.09541 section 3.3): each draw picks one of the answer's blocks of
-   ``block_length`` positions uniformly (SPG's code picks non-uniformly, P-SPG5), keeps earlier blocks clean, masks
-   later ones fully and, inside the block, exactly m of its n_b answer tokens, m uniform on {1..n_b}; weight
-   L/|masked|. This mimics the semi-autoregressive sampler's states; it is not an unbiased ELBO estimate.
+   ``block_length`` positions (default: the sampler's block, ``for_rollout``) uniformly (SPG's code picks
+   non-uniformly, P-SPG5), keeps earlier blocks clean, masks later ones fully and, inside the block, exactly m of
+   its n_b answer tokens, m uniform on {1..n_b}; weight L/|masked|. This mimics the semi-autoregressive
+   sampler's states; it is not an unbiased ELBO estimate.
 Options recorded in every run's config: ``length_norm`` divides each term by the answer length (DARE), and
 ``include_padding`` counts the EOS padding after the first EOS as part of y (DARE; default: d1's convention, up to
 and including the first EOS).
@@ -38,7 +39,7 @@ and including the first EOS).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -62,14 +63,15 @@ class ElboConfig:
     """Divide each draw's term by the answer length (DARE); off in the paper's v3 form."""
     include_padding: bool = False
     """Count the EOS padding after the first EOS as answer tokens (DARE); off = up to the first EOS (d1)."""
-    block_length: int = 32
-    """Positions per block of the 'block' estimator (SPG: 32, the sampler's semi-autoregressive block)."""
+    block_length: int = 0
+    """Positions per block of the 'block' estimator; 0: the sampler's semi-autoregressive block of the rollout
+    (SPG: 32, LLaDA's block), 32 where the rollout did not come from the sampler."""
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown ELBO estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.block_length < 1:
-            raise ValueError(f"elbo.block_length={self.block_length}: must be >= 1")
+        if self.block_length < 0:
+            raise ValueError(f"elbo.block_length={self.block_length}: must be >= 0 (0: the sampler's block)")
 
     def check_draws(self, n_draws: int) -> None:
         """The complementary estimator scores pairs: an odd number of draws is a configuration error."""
@@ -89,6 +91,11 @@ class Draws:
         return self.masks.shape[0]
 
 
+def for_rollout(cfg: ElboConfig, rollout: Rollout) -> ElboConfig:
+    """``cfg`` with block_length 0 resolved to the rollout's sampler block (32 when it has none)."""
+    return cfg if cfg.block_length else replace(cfg, block_length=rollout.block_length or 32)
+
+
 def answer_mask(rollout: Rollout, cfg: ElboConfig) -> torch.Tensor:
     """Completion positions that belong to y: [N, L] bool."""
     return torch.ones_like(rollout.completion_mask) if cfg.include_padding else rollout.completion_mask
@@ -100,6 +107,8 @@ def sample_draws(answer: torch.Tensor, n_draws: int, cfg: ElboConfig,
 
     ``generator``: one per row (the trainer's: each row's draws depend on its own seed only, so they are the same
     whichever process holds the row), or one for the whole batch."""
+    if cfg.block_length == 0:
+        cfg = replace(cfg, block_length=32)  # no rollout to take it from (see for_rollout)
     if not isinstance(generator, torch.Generator):
         rows = [_sample(answer[i:i + 1], n_draws, cfg, g) for i, g in enumerate(generator)]
         return Draws(masks=torch.cat([r.masks for r in rows], dim=1), weights=torch.cat([r.weights for r in rows], 1))

@@ -130,7 +130,7 @@ def generate(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torc
     texts = policy.decode_completions(completion_ids, completion_mask)
     return Rollout(prompt_ids=prompt_ids.to(completion_ids.device), prompt_mask=prompt_mask.to(
         device=completion_ids.device, dtype=torch.bool), completion_ids=completion_ids,
-        completion_mask=completion_mask, texts=texts)
+        completion_mask=completion_mask, texts=texts, block_length=cfg.block_length)
 
 
 def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,

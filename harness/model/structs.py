@@ -48,6 +48,7 @@ class Rollout:
     completion_ids: torch.Tensor  # [N, L] long
     completion_mask: torch.Tensor  # [N, L] bool, True up to and including the first EOS
     texts: list[str]  # N decoded completions (up to the first EOS, special tokens dropped)
+    block_length: int | None = None  # the sampler's semi-autoregressive block (None: not sampled by it)
 
     @property
     def input_ids(self) -> torch.Tensor:

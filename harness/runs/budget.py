@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,26 @@ def peak_bytes(row: dict[str, Any]) -> float | None:
 
 
 def probe_nts(policy: Any, batch: Any, name: str, nts: list[int], device: torch.device, budget: int | None,
-              micro_batch_size: int = 0, train: TrainConfig | None = None) -> list[dict[str, Any]]:
-    """One measured update per n_t, ascending; stops after the first that exceeds ``budget`` or runs out of memory."""
+              micro_batch_size: int = 0, train: TrainConfig | None = None, settings: Sequence[tuple[str, Any]] = (),
+              label: str | None = None) -> list[dict[str, Any]]:
+    """One measured update per n_t, ascending; stops after the first that exceeds ``budget`` or runs out of memory.
+    ``settings``: the objective's own (dotted key, value) pairs; ``label``: the rows' objective name (default
+    ``name``). An n_t the objective does not admit (SPG's EUBO at 1, an odd count of complementary draws) is a row
+    with outcome 'invalid' and its reason."""
     from harness.runs.sweep import objective_config
 
     rows = []
     for n_t in sorted(nts):
-        config = objective_config(name, n_t, [("micro_batch_size", micro_batch_size)])
+        try:
+            config = objective_config(name, n_t, [("micro_batch_size", micro_batch_size), *settings])
+            if hasattr(config, "elbo"):
+                config.elbo.check_draws(n_t)
+        except ValueError as error:
+            rows.append({"objective": label or name, "n_t": n_t, "outcome": "invalid", "reason": str(error),
+                         "fits": False})
+            continue
         objective = lookup("objective", name, OBJECTIVES)(config)
-        row = {"objective": name, "n_t": n_t, **probe_update(policy, objective, batch, device, train)}
+        row = {"objective": label or name, "n_t": n_t, **probe_update(policy, objective, batch, device, train)}
         peak = peak_bytes(row)
         row["fits"] = peak is not None and (budget is None or peak <= budget)
         rows.append(row)

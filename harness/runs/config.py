@@ -76,8 +76,15 @@ NOT_PROTOCOL = ("data_dir", "threads")
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's dict form (``RunConfig.to_dict``, or a record's ``config``) without the fields in NOT_PROTOCOL."""
-    return {k: v for k, v in config.items() if k not in NOT_PROTOCOL}
+    """A config's dict form (``RunConfig.to_dict``, or a record's ``config``) without the fields in NOT_PROTOCOL,
+    and without the ELBO's ``block_length`` unless its estimator is 'block' (the only one that reads it; the field
+    came with issue #15, so runs of the other estimators keep their earlier fingerprints)."""
+    kept = {k: v for k, v in config.items() if k not in NOT_PROTOCOL}
+    elbo = (kept.get("objective_config") or {}).get("elbo")
+    if isinstance(elbo, dict) and elbo.get("estimator") != "block" and "block_length" in elbo:
+        elbo = {k: v for k, v in elbo.items() if k != "block_length"}
+        kept["objective_config"] = {**kept["objective_config"], "elbo": elbo}
+    return kept
 
 
 def protocol_settings(config: dict[str, Any], task_version: str, world_size: int = 1) -> dict[str, Any]:
