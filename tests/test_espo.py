@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FixedLogprobPolicy, make_batch, make_policy
+from conftest import FixedLogprobPolicy
 from test_gdpo import hand_batch, loss, per_row
-from test_objectives_contract import perturb, run_update
+from test_objectives_contract import assert_flat_equals_all_graphs
 
 from harness.loop.advantages import group_advantages
 from objectives.espo import ESPO, ESPOConfig
@@ -56,20 +56,7 @@ def test_value_by_hand_on_and_off_policy() -> None:
 def test_flat_two_pass_gradient_equals_the_all_graphs_gradient_off_policy(beta: float) -> None:
     # mu = 2, parameters perturbed: the flat form (weights f'(m) from a no-grad pass, the KL's slope included) and the
     # official all-graphs form agree in value and gradient in float64, clipped rows included.
-    results = []
-    for flat in (True, False):
-        policy = make_policy(hidden=16, layers=2, seed=8)
-        policy.snapshot_reference()
-        batch = make_batch(policy, seed=8)
-        objective = ESPO(ESPOConfig(flat=flat, beta=beta))
-        prepared = objective.prepare(policy, batch, 2)
-        run_update(policy, objective, prepared, 0)
-        perturb(policy, 0.3, seed=8)
-        results.append(run_update(policy, objective, prepared, 1))
-    (v_flat, g_flat), (v_all, g_all) = results
-    assert float(v_flat) == pytest.approx(float(v_all), rel=1e-12)
-    assert g_all.norm() > 1e-6
-    assert float((g_flat - g_all).norm() / g_all.norm()) < 1e-10
+    assert_flat_equals_all_graphs(lambda flat: ESPO(ESPOConfig(flat=flat, beta=beta)), 8, 0.3)
 
 
 def test_espo_needs_the_reference_only_with_a_kl() -> None:

@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-from conftest import FixedLogprobPolicy, make_batch, make_policy
-from test_objectives_contract import perturb, run_update
+from conftest import FixedLogprobPolicy, make_batch
+from test_objectives_contract import assert_flat_equals_all_graphs
 
 from objectives.gdpo import GDPO, GDPOConfig
 
@@ -76,16 +76,5 @@ def test_flat_two_pass_gradient_equals_the_all_graphs_gradient_off_policy(length
     # mu = 2, parameters perturbed after update 0: the flat form (one node's graph at a time, weights from a no-grad
     # pass) and the NeMo-style form holding all n_t graphs give the same value and gradient in float64. The
     # perturbation puts the ratios between 0.43 and 1.41 with a clip of 0.05: some clipped, some not.
-    results = []
-    for flat in (True, False):
-        policy = make_policy(hidden=16, layers=2, seed=7)
-        batch = make_batch(policy, seed=7)
-        objective = GDPO(GDPOConfig(flat=flat, ratio_length_norm=length_norm, clip_eps=0.05))
-        prepared = objective.prepare(policy, batch, 2)
-        run_update(policy, objective, prepared, 0)
-        perturb(policy, 0.05 if length_norm else 0.01, seed=7)
-        results.append(run_update(policy, objective, prepared, 1))
-    (v_flat, g_flat), (v_all, g_all) = results
-    assert float(v_flat) == pytest.approx(float(v_all), rel=1e-12)
-    assert g_all.norm() > 1e-6
-    assert float((g_flat - g_all).norm() / g_all.norm()) < 1e-10
+    assert_flat_equals_all_graphs(lambda flat: GDPO(GDPOConfig(flat=flat, ratio_length_norm=length_norm,
+                                                               clip_eps=0.05)), 7, 0.05 if length_norm else 0.01)

@@ -192,3 +192,20 @@ def test_curve_rows_and_plot_from_csv_strings(tmp_path: Path) -> None:
     as_strings = [{k: str(v) for k, v in r.items()} for r in rows]  # what csv.DictReader gives back
     path = plot_learning_curves(as_strings, tmp_path / "fig" / "curves.png", "test")
     assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_summary_has_the_paired_column_against_the_reference_at_the_same_mu() -> None:
+    # bgpo (the first run, so the reference) and vrpo at mu = 1 and 2, two seeds. At mu = 1 vrpo equals bgpo puzzle
+    # by puzzle: difference 0 with an interval containing 0. At mu = 2 vrpo is 0.25 lower on every puzzle of every
+    # seed: -25.0 points, with no spread at all ([-25.0, -25.0]). mu = 2 is not compared with mu = 1's bgpo.
+    cells = [1.0, 0.5, 0.5, 0.5]
+    runs = [record("bgpo", mu, s, cells, [1, 0, 0, 0]) for mu in (1, 2) for s in (0, 1)]
+    runs += [record("vrpo", 1, s, cells, [1, 0, 0, 0]) for s in (0, 1)]
+    runs += [record("vrpo", 2, s, [c - 0.25 for c in cells], [0, 0, 0, 0]) for s in (0, 1)]
+    summary = summarize(runs)
+    by_arm = {(r["objective"], r["mu"]): r["vs_reference"] for r in summary["rows"]}
+    assert by_arm[("bgpo", 1)] == "ref" and by_arm[("bgpo", 2)] == "ref"
+    assert by_arm[("vrpo", 1)].startswith("+0.0 [+0.0, +0.0] p=1")
+    assert by_arm[("vrpo", 2)].startswith("-25.0 [-25.0, -25.0] p<")
+    assert summary["reference"] == "bgpo"
+    assert summarize(runs, reference="vrpo")["rows"][0]["vs_reference"].startswith("+0.0")

@@ -62,6 +62,25 @@ def perturb(policy, scale: float = 0.05, seed: int = 0) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+def assert_flat_equals_all_graphs(build, seed: int, scale: float) -> None:  # noqa: ANN001
+    """Update 1 of a mu = 2 batch after a perturbation of ``scale``: the objective ``build(flat)`` with flat=True (one
+    draw's graph at a time) and flat=False (all graphs in one term) give the same value and gradient in float64."""
+    results = []
+    for flat in (True, False):
+        policy = make_policy(hidden=16, layers=2, seed=seed)
+        objective = build(flat)
+        if objective.needs_reference:
+            policy.snapshot_reference()
+        prepared = objective.prepare(policy, make_batch(policy, seed=seed), mu=2)
+        run_update(policy, objective, prepared, inner=0)
+        perturb(policy, scale, seed=seed)
+        results.append(run_update(policy, objective, prepared, inner=1))
+    (v_flat, g_flat), (v_all, g_all) = results
+    assert float(v_flat) == pytest.approx(float(v_all), rel=1e-12)
+    assert g_all.norm() > 1e-6
+    assert float((g_flat - g_all).norm() / g_all.norm()) < 1e-10
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_objective_gives_a_finite_scalar_loss(name: str) -> None:
     policy, objective, batch = setup(name)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import FixedLogprobPolicy, make_batch, make_policy
 from test_gdpo import hand_batch, per_row
-from test_objectives_contract import perturb, run_update
+from test_objectives_contract import assert_flat_equals_all_graphs
 
 from harness.model.elbo import ElboConfig, sample_draws
 from harness.model.structs import DRAWS_STREAM, generators
@@ -126,16 +126,5 @@ def test_loss_by_hand_on_the_mock_policy() -> None:
 def test_flat_gradient_equals_the_all_graphs_gradient(negative: str) -> None:
     # Update 1 after a perturbation (SPG has no ratio: update 1 is plain REINFORCE on fresh masks): the flat form and
     # the official single-graph form agree in value and gradient in float64.
-    results = []
-    for flat in (True, False):
-        policy = make_policy(hidden=16, layers=2, seed=11)
-        batch = make_batch(policy, seed=11)
-        objective = SPG(SPGConfig(n_t=3, negative=negative, flat=flat, elbo=ElboConfig(estimator="block",
-                                                                                         block_length=3)))
-        prepared = objective.prepare(policy, batch, 2)
-        perturb(policy, 0.05, seed=11)
-        results.append(run_update(policy, objective, prepared, 1))
-    (v_flat, g_flat), (v_all, g_all) = results
-    assert float(v_flat) == pytest.approx(float(v_all), rel=1e-12)
-    assert g_all.norm() > 1e-6
-    assert float((g_flat - g_all).norm() / g_all.norm()) < 1e-10
+    assert_flat_equals_all_graphs(lambda flat: SPG(SPGConfig(n_t=3, negative=negative, flat=flat, elbo=ElboConfig(
+        estimator="block", block_length=3))), 11, 0.05)

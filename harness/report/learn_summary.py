@@ -29,6 +29,7 @@ import numpy as np
 
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import bootstrap_mean, bootstrap_mean_clustered, mcnemar, paired_bootstrap
+from harness.report.paired import paired_column
 from harness.runs.records import RunRecord, write_json_atomic
 
 METRICS = ("cell_accuracy", "solved", "valid")
@@ -95,10 +96,22 @@ def paired_test(a: Sequence[RunRecord], b: Sequence[RunRecord], ids: Sequence[st
             "solved_only_b": sum(y and not x for x, y in zip(majority_a, majority_b, strict=True))}
 
 
-def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
-    """Rows per (objective, n_t, mu), the base policy's scores, and the paired tests of ``PAIRED_TESTS``."""
+def reference_cells(records: Sequence[RunRecord], reference: str | None = None) -> dict[tuple, str]:
+    """(objective, n_t, mu) -> its paired difference to the reference arm AT THE SAME mu (harness/report/paired.py:
+    items and seeds resampled; default reference: the first run's objective), 'ref', or '-'."""
+    cells = {}
+    for mu in sorted({r.mu for r in records}):
+        for arm, text in paired_column([r for r in records if r.mu == mu], reference).items():
+            cells[(arm[1], arm[2], arm[3])] = text
+    return cells
+
+
+def summarize(records: Sequence[RunRecord], reference: str | None = None) -> dict[str, Any]:
+    """Rows per (objective, n_t, mu) with the paired column against ``reference``, the base policy's scores, and
+    the paired tests of ``PAIRED_TESTS``."""
     base = records[0].before  # the base policy's evaluation, shared by every run
     groups = group_arms(records)
+    cells = reference_cells(records, reference)
     ids = [item["id"] for item in base.items]
     tests = []
     for mu in sorted({key[2] for key in groups}):
@@ -107,7 +120,8 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
                   for a, b in PAIRED_TESTS if a in by_name and b in by_name]
     before = {m: asdict(bootstrap_mean([item[m] for item in base.items])) for m in METRICS}
     return {"base": before, "n_items": len(ids), "model_path": records[0].model_path,
-            "rows": [summarize_arm(g, base) for g in groups.values()],
+            "reference": reference or records[0].objective,
+            "rows": [{**summarize_arm(g, base), "vs_reference": cells.get(key, "-")} for key, g in groups.items()],
             "paired": tests, "checkpoint_rule": CHECKPOINT_RULE}
 
 
@@ -117,8 +131,8 @@ def _pct(estimate: dict[str, float], signed: bool = False) -> str:
 
 
 TABLE_HEADER = ("| objective | n_t | mu | seeds | cell acc % [95% CI] | delta vs base, pts [95% CI] "
-                "| solved % [95% CI] | valid % [95% CI] | train reward first -> last 20% | s/step | peak act MB "
-                "| peak total MB |")
+                "| vs {reference} (same mu): pts [95% CI] p | solved % [95% CI] | valid % [95% CI] "
+                "| train reward first -> last 20% | s/step | peak act MB | peak total MB |")
 
 
 def describe_model(model_path: str | None) -> str:
@@ -136,17 +150,19 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
     lines = [f"# {title}", "", CHECKPOINT_RULE, "",
              f"Base policy (step 0, {summary['n_items']} test puzzles, greedy; percent [95% CI]): cell accuracy "
              f"{_pct(base['cell_accuracy'])}, solved {_pct(base['solved'])}, valid {_pct(base['valid'])}.", "",
-             TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
+             TABLE_HEADER.format(reference=summary["reference"]), "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
     for r in summary["rows"]:
         mem = r["peak_memory_mb"]
         lines.append(f"| {r['objective']} | {r['n_t'] or '-'} | {r['mu']} | {','.join(map(str, r['seeds']))} "
                      f"| {_pct(r['cell_accuracy'])} | {_pct(r['delta_cell_accuracy'], signed=True)} "
-                     f"| {_pct(r['solved'])} | {_pct(r['valid'])} "
+                     f"| {r['vs_reference']} | {_pct(r['solved'])} | {_pct(r['valid'])} "
                      f"| {r['train_reward_first']:.2f} -> {r['train_reward_last']:.2f} | {r['seconds_per_step']:.2f} "
                      f"| {mem.get('mem/peak_activations_mb', float('nan')):.1f} "
                      f"| {mem.get('mem/peak_total_mb', float('nan')):.1f} |")
     lines += ["", "Intervals: two-level bootstrap over seeds and puzzles (`bootstrap_mean_clustered`); the delta "
-              "is the same bootstrap of after-minus-before per puzzle. cell acc = blank cells equal to the given "
+              "is the same bootstrap of after-minus-before per puzzle. The paired column: the arm's cell accuracy "
+              f"minus {summary['reference']}'s at the same mu on the same puzzles and seeds (paired bootstrap over "
+              "puzzles and seeds, two-sided p; `ref` marks the reference). cell acc = blank cells equal to the given "
               "solution (d1's metric); solved = every blank right; valid = a correct Sudoku (any solution).", "",
               "## Paired tests (same puzzles, same mu)", "",
               "Difference a - b of the per-puzzle cell accuracy averaged over seeds (paired bootstrap over puzzles); "
