@@ -97,13 +97,9 @@ def paired_test(a: Sequence[RunRecord], b: Sequence[RunRecord], ids: Sequence[st
 
 
 def reference_cells(records: Sequence[RunRecord], reference: str | None = None) -> dict[tuple, str]:
-    """(objective, n_t, mu) -> its paired difference to the reference arm AT THE SAME mu (harness/report/paired.py:
+    """(objective, n_t, mu) -> its paired difference to the reference arm at the same mu (harness/report/paired.py:
     items and seeds resampled; default reference: the first run's objective), 'ref', or '-'."""
-    cells = {}
-    for mu in sorted({r.mu for r in records}):
-        for arm, text in paired_column([r for r in records if r.mu == mu], reference).items():
-            cells[(arm[1], arm[2], arm[3])] = text
-    return cells
+    return {(arm[1], arm[2], arm[3]): text for arm, text in paired_column(records, reference).items()}
 
 
 def summarize(records: Sequence[RunRecord], reference: str | None = None) -> dict[str, Any]:

@@ -6,9 +6,10 @@ seed where both arms have the seed, with a 95% paired-bootstrap interval and a t
 (``stats.paired_bootstrap_seeds``: items resampled, and seeds too when there are several). Pairing on items removes
 the item-to-item variance that makes two unpaired intervals overlap when the arms differ.
 
-The reference is ``objective`` or ``objective:n_t`` (default: the first run's objective); in each task it is the
-first arm, in run order, that matches. Arms with no finished run, or sharing no seed or item with the reference,
-show "-".
+The reference is ``objective`` or ``objective:n_t`` (default: the first run's objective); for each protocol (task,
+mu, RL steps) it is the first arm, in run order, that matches, so an arm is only ever compared with the reference
+trained the same way. Arms with no finished run, no reference in their protocol, or sharing no seed or item with the
+reference, show "-".
 """
 
 from __future__ import annotations
@@ -54,16 +55,21 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
     return name, int(n_t) if n_t else None
 
 
-def reference_arms(records: Sequence[RunRecord], reference: str | None) -> dict[str, Arm]:
-    """Per task, the reference arm (see the module docstring); a task with no matching arm has none."""
+def protocol_of(arm: Arm) -> tuple[str, int, int]:
+    """(task, mu, steps): what an arm shares with the reference it is compared with."""
+    return arm[0], arm[3], arm[4]
+
+
+def reference_arms(records: Sequence[RunRecord], reference: str | None) -> dict[tuple[str, int, int], Arm]:
+    """Per protocol (``protocol_of``), the reference arm (see the module docstring); none where no arm matches."""
     if not records:
         return {}
     name, n_t = parse_reference(reference) if reference else (records[0].objective, None)
-    arms: dict[str, Arm] = {}
+    arms: dict[tuple[str, int, int], Arm] = {}
     for record in records:
         arm = arm_of(record)
-        if record.task not in arms and arm[1] == name and (n_t is None or arm[2] == n_t):
-            arms[record.task] = arm
+        if protocol_of(arm) not in arms and arm[1] == name and (n_t is None or arm[2] == n_t):
+            arms[protocol_of(arm)] = arm
     return arms
 
 
@@ -100,7 +106,7 @@ def paired_results(records: Sequence[RunRecord], reference: str | None = None,
     references = reference_arms(records, reference)
     results = {}
     for arm, runs in by_arm.items():
-        ref = references.get(arm[0])
+        ref = references.get(protocol_of(arm))
         results[arm] = paired(runs, by_arm[ref]) if ref is not None and ref != arm else None
     return results, set(references.values())
 
