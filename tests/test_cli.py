@@ -44,6 +44,8 @@ BAD_INPUT = [
     pytest.param(["gradstats", "--objectives", "diffu-grpo"], ["--objectives", "diffu-grpo"], id="gradstats-no-nt"),
     pytest.param(["gradstats", "--estimators", "t-id"], ["--estimators", "'t-id'"], id="gradstats-estimator"),
     pytest.param(["gradstats", "--repeats", "1"], ["--repeats", "1"], id="gradstats-one-repeat"),
+    pytest.param(["gradstats", "--objectives", "spg", "--estimators", "own", "--nt", "1,2"], ["--nt 1", "spg (block)"],
+                 id="gradstats-inadmissible-nt"),
     pytest.param(["leaderboard", "--reference", "vrpo:x"], ["--reference", "'vrpo:x'"], id="leaderboard-reference"),
     pytest.param(["bench", "memory", "--logits-chunk", "x"], ["--logits-chunk", "'x'"], id="bench-memory-bad-chunk"),
     pytest.param(["compare", "--objectives", ""], ["--objectives"], id="empty-objectives"),

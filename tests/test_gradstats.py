@@ -67,3 +67,14 @@ def test_every_row_and_slope_is_there(measured: dict) -> None:
     for row in measured["rows"]:
         assert row["std_median"] > 0 and row["bias_norm"] > 0 and row["repeats"] == 3
     assert all(math.isfinite(s["slope"]) for s in measured["slopes"])
+
+
+def test_own_keeps_each_objectives_estimator_and_inadmissible_n_t_is_named() -> None:
+    from harness.bench.gradstats import OWN, check_admissible, estimator_of
+
+    assert [estimator_of(n, OWN) for n in ("bgpo", "spg", "espo", "gdpo")] == ["l-stratified", "block",
+                                                                              "complementary", "gauss"]
+    assert estimator_of("spg", "t-iid") == "t-iid"
+    check_admissible(["bgpo", "spg", "espo", "gdpo"], [OWN], [2, 4, 8])
+    with pytest.raises(ValueError, match=r"--nt 3 with espo \(complementary\): n_t=3"):
+        check_admissible(["bgpo", "espo"], [OWN], [2, 3])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -71,11 +72,32 @@ def flat_gradient(policy: Policy, objective: Any, prepared: Any, inner: int) -> 
                       for p in policy.trainable_parameters()])
 
 
+OWN = "own"
+"""The estimator value that keeps each objective's own (SPG's block masks, ESPO's pairs, GDPO's Gauss nodes)."""
+
+
+def estimator_of(name: str, estimator: str) -> str:
+    """The estimator objective ``name`` runs with under ``estimator`` (``OWN``: its config's)."""
+    return objective_config(name).elbo.estimator if estimator == OWN else estimator
+
+
+def check_admissible(names: Sequence[str], estimators: Sequence[str], nts: Sequence[int]) -> None:
+    """ValueError naming the first (objective, estimator, n_t) the objective does not admit (SPG's EUBO at one
+    draw, an odd number of complementary draws)."""
+    for name, estimator, n_t in itertools.product(names, estimators, nts):
+        settings = [] if estimator == OWN else [("elbo.estimator", estimator)]
+        try:
+            objective_config(name, n_t, settings).elbo.check_draws(n_t)
+        except ValueError as error:
+            raise ValueError(f"--nt {n_t} with {name} ({estimator_of(name, estimator)}): {error}") from None
+
+
 def gradient(base: Policy, moved: Policy, name: str, n_t: int, estimator: str, phase: str,
              batch: Batch) -> torch.Tensor:
     """One gradient of objective ``name`` on ``batch``'s draws: at theta_old (on-policy) or at theta_1 with the
     old terms of theta_old (off-policy)."""
-    objective = OBJECTIVES[name](objective_config(name, n_t, [("elbo.estimator", estimator)]))
+    settings = [] if estimator == OWN else [("elbo.estimator", estimator)]
+    objective = OBJECTIVES[name](objective_config(name, n_t, settings))
     prepared = objective.prepare(base, batch, mu=2)
     if phase == "on-policy":
         return flat_gradient(base, objective, prepared, inner=0)
@@ -164,12 +186,12 @@ def gradstats(base: Policy, batch: Batch, names: Sequence[str], estimators: Sequ
                                                         redrawn(batch, seed, r)) for r in range(repeats)])
                                   for n_t in nts]  # per n_t: [R, P]
                 for n_t, grads in zip(nts, per_name[name], strict=True):
-                    rows.append({"objective": name, "estimator": estimator, "phase": phase, "n_t": n_t,
-                                 "repeats": repeats, **spread(grads, thetas[phase]),
+                    rows.append({"objective": name, "estimator": estimator_of(name, estimator), "phase": phase,
+                                 "n_t": n_t, "repeats": repeats, **spread(grads, thetas[phase]),
                                  **bias(grads, thetas[phase], references[name])})
                 point, low, high = slope_interval(nts, per_name[name], thetas[phase], resamples, seed)
-                slopes.append({"objective": name, "estimator": estimator, "phase": phase, "slope": point,
-                               "low": low, "high": high})
+                slopes.append({"objective": name, "estimator": estimator_of(name, estimator), "phase": phase,
+                               "slope": point, "low": low, "high": high})
             if phase == "on-policy" and {"bgpo", "vrpo"} <= set(per_name):
                 for n_t, a, b in zip(nts, per_name["bgpo"], per_name["vrpo"], strict=True):
                     same_draws[estimator][n_t] = float((a - b).abs().max() / b.abs().max())

@@ -171,7 +171,8 @@ def bench_budget(
 def gradstats(
     objectives: Annotated[str, typer.Option(help="Comma list of ELBO objectives.")] = "bgpo,vrpo",
     nt: Annotated[str, typer.Option(help="Comma list of n_t.")] = "1,2,4,8,16,32",
-    estimators: Annotated[str, typer.Option(help="Comma list of ELBO estimators.")] = "l-stratified,t-iid",
+    estimators: Annotated[str, typer.Option(help="Comma list of ELBO estimators; 'own': each objective's own (SPG's "
+                                                 "block masks, ESPO's pairs, GDPO's nodes).")] = "l-stratified,t-iid",
     repeats: Annotated[int, typer.Option(help="Gradients per n_t, each with new draws (the paper: 8).")] = 8,
     reference_nt: Annotated[int, typer.Option(help="Draws of the reference gradient (the paper: 256).")] = 256,
     prompts: Annotated[int, typer.Option(help="Prompts of the fixed rollout batch.")] = 2,
@@ -187,7 +188,7 @@ def gradstats(
 
     import torch
 
-    from harness.bench.gradstats import CSV_FIELDS, gradstats_markdown, scored_batch
+    from harness.bench.gradstats import CSV_FIELDS, OWN, check_admissible, gradstats_markdown, scored_batch
     from harness.bench.gradstats import gradstats as measure
     from harness.model.elbo import ESTIMATORS
     from harness.model.policy import Policy
@@ -199,9 +200,10 @@ def gradstats(
     if not_elbo := [n for n in names if not OBJECTIVES[n].uses_nt]:
         fail(f"--objectives: {', '.join(not_elbo)} draw no ELBO samples (gradstats varies n_t)")
     chosen = [e.strip() for e in estimators.split(",")]
-    if unknown := [e for e in chosen if e not in ESTIMATORS]:
-        fail(f"--estimators: unknown {', '.join(map(repr, unknown))} (choose from {', '.join(ESTIMATORS)})")
+    if unknown := [e for e in chosen if e not in (*ESTIMATORS, OWN)]:
+        fail(f"--estimators: unknown {', '.join(map(repr, unknown))} (choose from {', '.join(ESTIMATORS)}, {OWN})")
     nts = sorted(parse_ints("--nt", nt))
+    check_admissible(names, chosen, nts)
     check_positive(prompts=prompts, group_size=group_size, reference_nt=reference_nt, threads=threads)
     if repeats < 2:
         fail(f"--repeats {repeats}: a standard deviation needs at least 2")
