@@ -8,7 +8,7 @@ Implemented as the original is: autograd over exp(mean_j d_j) keeps all n_t forw
 activation memory grows linearly with n_t (section 2.2: "all the n_t computational graphs must be retained").
 
 This class is also the base of every sequence-ratio ELBO objective (VRPO-exact, ESPO, GDPO): they differ only in
-``sequence_objective`` (the per-sequence surrogate of m = mean_j d_j), ``advantages`` and ``flat``. The flat path
+``sequence_objective`` (the per-sequence surrogate of m = mean_j d_j) and ``flat``. The flat path
 (``_flat_terms``) takes the same gradient at one graph alive: the loss of sequence i depends on the draws only
 through m_i, so grad = f_i'(m_i) * (1/n_t) sum_k grad l_theta(draw k). A no-grad pass over the stored draws gives
 m_i and the scalar f_i'(m_i) (by autograd on a leaf, so a PPO clip zeroes it where it is active); then each draw is
@@ -62,14 +62,10 @@ class VRPO:
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> ElboBatch:
         return prepare_elbo(batch, self.config.n_t, self.config.elbo)
 
-    def advantages(self, prepared: ElboBatch, rows: slice, device: torch.device) -> torch.Tensor:
-        """The advantages the surrogate multiplies: [n]."""
-        return prepared.batch.advantages[rows].to(device)
-
     def sequence_objective(self, mean_d: torch.Tensor, prepared: ElboBatch, rows: slice) -> torch.Tensor:
         """Per-sequence surrogate to maximise from m = mean_j d_j: min(rho A, clip(rho) A), rho = e^m. [n] -> [n]."""
         ratio = torch.exp(mean_d)  # [n]
-        return ppo_surrogate(ratio, self.advantages(prepared, rows, mean_d.device).to(ratio), self.config.clip_eps)
+        return ppo_surrogate(ratio, prepared.batch.advantages[rows].to(ratio), self.config.clip_eps)
 
     def loss_terms(self, policy: Policy, prepared: ElboBatch, inner: int) -> Iterator[LossTerm]:
         n = prepared.batch.advantages.numel()
