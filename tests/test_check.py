@@ -111,6 +111,23 @@ def test_another_cpu_family_moves_every_ratio_and_passes(baseline: dict) -> None
                                        "(+60% > 50%)")
 
 
+def test_each_cpu_family_is_held_to_its_own_runs(baseline: dict) -> None:
+    # The fixture's baseline was recorded on "cpu". Rows from another family ("Xeon") with 5 points less accuracy
+    # fail against it (with a note that no Xeon set exists); recorded with --update they become the Xeon set, the
+    # "cpu" set stays, and each family then passes against its own and fails on the other's accuracy.
+    xeon = [{**r, "device": "Xeon", "after": {**r["after"], "mean": r["after"]["mean"] - 0.05}} for r in BASE_ROWS]
+    lines, passed = compare_to_baseline(xeon, baseline)
+    assert not passed and lines[0].startswith("note: no baseline recorded on Xeon; comparing with cpu's")
+    both = make_baseline(xeon, baseline)
+    assert both["runs"] == baseline["runs"] and both["devices"] == ["cpu"]
+    assert both["machines"]["Xeon"]["sudoku/bgpo/nt4/mu2/s0"]["accuracy"] == pytest.approx(0.55)
+    assert compare_to_baseline(xeon, both)[1] and compare_to_baseline(BASE_ROWS, both)[1]
+    swapped = [{**r, "device": "cpu"} for r in xeon]
+    assert not compare_to_baseline(swapped, both)[1]
+    again = make_baseline([{**r, "device": "cpu"} for r in BASE_ROWS], both)  # re-recording the first family
+    assert again["runs"] == baseline["runs"] and again["machines"] == both["machines"]
+
+
 def test_a_failed_anchor_leaves_its_arms_unjudged_on_time(baseline: dict) -> None:
     rows = changed(0, outcome="oom")
     rows[0]["step_time_ratio"] = None

@@ -17,6 +17,13 @@ tolerances, and one entry per run keyed by task/objective/n_t/mu/seed. A run reg
 
 or when a baseline run is missing from the results. Runs not in the baseline are listed and ignored.
 
+Accuracy is deterministic for a fixed torch build, CPU family and thread count, but not across CPU families: float32
+kernels sum in another order, so the tiny model's pretraining and every RL step drift apart (an Intel Xeon's default
+comparison trains BGPO n_t = 4 to 56.3% where an AMD EPYC's reaches 61.9%, from base policies at 57.1% and 59.8%).
+So a baseline holds one set of runs per CPU family it was recorded on (``runs`` for the first, ``machines`` for the
+others, keyed by the device name the records carry); the gate holds a re-run to the set of its own CPU family, and to
+the first set, with a note, on a family it has none for.
+
 The gate never passes on missing evidence: a finished ('ok') run, or a run whose baseline finished, whose accuracy,
 peak memory or step-time ratio is missing, NaN or infinite fails, naming the figure. And it compares like with like:
 each run carries a protocol fingerprint (``config.protocol_fingerprint``: model, task version, objective and its
@@ -101,9 +108,14 @@ def baseline_problem(baseline: Any) -> str | None:
             return f"unknown tolerance {name!r} (known: {', '.join(TOLERANCES)})"
         if not is_number(value) or value < 0:
             return f"tolerance {name} = {value!r} is not a number >= 0"
-    for key, run in baseline["runs"].items():
-        if not isinstance(run, dict) or "outcome" not in run:
-            return f"run {key!r} is not an object with an 'outcome'"
+    sets = [("", baseline["runs"])] + [(f"machines[{name!r}] ", runs) for name, runs in
+                                        (baseline.get("machines") or {}).items()]
+    for where, runs in sets:
+        if not isinstance(runs, dict):
+            return f"{where}runs are not an object"
+        for key, run in runs.items():
+            if not isinstance(run, dict) or "outcome" not in run:
+                return f"{where}run {key!r} is not an object with an 'outcome'"
     return None
 
 
@@ -126,15 +138,39 @@ def figures(row: dict[str, Any]) -> dict[str, Any]:
             "step_time_ratio": row.get("step_time_ratio")}
 
 
+def device_of(rows: Sequence[dict[str, Any]]) -> str:
+    """The CPU (or GPU) name the rows were measured on (their first row's)."""
+    return str(rows[0].get("device")) if rows else "unknown"
+
+
 def make_baseline(rows: Sequence[dict[str, Any]], previous: dict[str, Any] | None,
                   spec: SweepSpec | None = None) -> dict[str, Any]:
-    """A baseline from result rows, keeping the previous baseline's comparison and tolerances when given."""
+    """A baseline from result rows, keeping the previous baseline's comparison and tolerances when given. With a
+    previous baseline recorded on another device, the rows become that device's set (``machines``) and the
+    previous runs stay; on the same device they replace its set."""
     comparison = previous["comparison"] if previous else spec_to_mapping(spec or SweepSpec())
     runs = {run_key(r): {"outcome": r["outcome"], **figures(r), "run_id": r["run_id"],
                          "fingerprint": r.get("fingerprint")} for r in rows}
+    device = device_of(rows)
+    first_device = previous.get("devices", [device])[0] if previous else device
+    machines = dict(previous.get("machines", {})) if previous else {}
+    if device != first_device:
+        machines[device] = runs
+        runs = previous["runs"]
     return {"schema": BASELINE_SCHEMA, "comparison": comparison,
             "tolerances": previous["tolerances"] if previous else dict(TOLERANCES), "runs": runs,
-            "devices": sorted({str(r.get("device")) for r in rows})}
+            "devices": [first_device], **({"machines": machines} if machines else {})}
+
+
+def runs_for(baseline: dict[str, Any], device: str) -> tuple[dict[str, Any], str | None]:
+    """(the baseline runs recorded on ``device``'s CPU family, or the first set; a note when it is the fallback)."""
+    if device in baseline.get("machines", {}):
+        return baseline["machines"][device], None
+    first = baseline.get("devices", ["?"])[0]
+    if device == first:
+        return baseline["runs"], None
+    return baseline["runs"], (f"note: no baseline recorded on {device}; comparing with {first}'s (accuracy differs "
+                              "between CPU families)")
 
 
 def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any],
@@ -143,19 +179,20 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]
     behind a fingerprint mismatch where the stored configs allow."""
     tol = {**TOLERANCES, **baseline["tolerances"]}
     latest = {run_key(r): r for r in rows}  # the last row of a key wins
-    anchors = anchor_keys(baseline["runs"])
-    lines, passed = [], True
-    for key, base in baseline["runs"].items():
+    stored, note = runs_for(baseline, device_of(rows))
+    anchors = anchor_keys(stored)
+    lines, passed = [note] if note else [], True
+    for key, base in stored.items():
         row = latest.get(key)
         problems = [] if row is not None else ["missing from the results"]
         if row is not None:
             anchor = anchors[key]
-            relative = None if anchor == key else (latest.get(anchor), baseline["runs"][anchor])
+            relative = None if anchor == key else (latest.get(anchor), stored[anchor])
             problems += regressions(row, base, tol, explain, relative)
         passed &= not problems
         lines.append(f"{'FAIL' if problems else 'ok  '} {key}: " + ("; ".join(problems) if problems else summary(
             latest[key], base)))
-    lines += [f"note {key}: not in the baseline, ignored" for key in latest if key not in baseline["runs"]]
+    lines += [f"note {key}: not in the baseline, ignored" for key in latest if key not in stored]
     return lines, passed
 
 

@@ -24,16 +24,29 @@ def tiny_tokenizer():  # noqa: ANN201
     return build_tokenizer(INSTRUCTIONS)
 
 
+PRETRAIN_THREADS = 2
+"""torch threads of the pretraining, whatever the caller's: float32 sums depend on the thread count (the weights of
+a 1-thread and a 2-thread pretraining differ by up to 0.012), and the cached model must not depend on which command
+built it first. It still depends on the CPU family (see harness/runs/check.py)."""
+
+
 def pretrain(cfg: TinyConfig, log: Callable[[int, float], None] | None = None,
              data_dir: str | Path | None = None) -> Policy:
     """A new tiny model trained with the SFT loss on generated Sudoku puzzles (``data_dir`` locates the test and
-    validation puzzles, which are excluded)."""
+    validation puzzles, which are excluded), on ``PRETRAIN_THREADS`` threads."""
+    import torch
+
     task = Sudoku(data_dir=data_dir)
     tokenizer = tiny_tokenizer()
     policy = Policy(build_model(cfg, len(tokenizer)), tokenizer)
     exclude = {item.prompt_text for item in task.load("test")} | {item.prompt_text for item in task.load("validation")}
     items = generate_puzzles(cfg.pretrain_steps * cfg.batch_size, seed=cfg.seed + 1, exclude=exclude)
-    return sft(policy, [(task.prompt(item), task.sft_target(item)) for item in items], cfg, log)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return sft(policy, [(task.prompt(item), task.sft_target(item)) for item in items], cfg, log)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_model_path(cfg: TinyConfig | None = None, log: Callable[[int, float], None] | None = None,
