@@ -112,9 +112,13 @@ def test_the_recipes_are_specs_and_plan_the_documented_arms() -> None:
     learn = plan_runs(RECIPES["learn"])
     arms = sorted({(c.objective, getattr(c.objective_config, "n_t", None), c.train.mu) for c in learn},
                   key=str)
-    assert len(learn) == 4 * 2 * 3 and {c.eval.every for c in learn} == {25}
-    assert arms == sorted([(o, n, m) for o, n in (("bgpo", 16), ("vrpo", 4), ("vrpo-exact", 16), ("diffu-grpo", None))
+    assert len(learn) == 8 * 2 * 3 and {c.eval.every for c in learn} == {25}
+    assert arms == sorted([(o, n, m) for o, n in (("bgpo", 16), ("vrpo", 4), ("vrpo-exact", 16), ("diffu-grpo", None),
+                                                  ("spg", 2), ("espo", 4), ("wd1", None), ("gdpo", 3))
                            for m in (1, 2)], key=str)
+    spg = next(c for c in learn if c.objective == "spg").objective_config
+    espo = next(c for c in learn if c.objective == "espo").objective_config
+    assert (spg.eubo_beta, espo.beta) == (1.0, 0.01)  # the official Sudoku settings
     compare = plan_runs(RECIPES["compare"])
     assert [(c.objective, getattr(c.objective_config, "n_t", None)) for c in compare] == [
         ("bgpo", 4), ("bgpo", 16), ("vrpo", 4), ("vrpo", 16), ("diffu-grpo", None)]
