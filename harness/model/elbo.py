@@ -46,6 +46,8 @@ import torch
 from harness.model.structs import Rollout
 
 ESTIMATORS = ("t-iid", "l-stratified", "complementary", "gauss", "block")
+FALLBACK_BLOCK_LENGTH = 32
+"""The 'block' estimator's block where no sampler block is known (LLaDA's, as SPG's scripts use)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Draws:
 
 def for_rollout(cfg: ElboConfig, rollout: Rollout) -> ElboConfig:
     """``cfg`` with block_length 0 resolved to the rollout's sampler block (32 when it has none)."""
-    return cfg if cfg.block_length else replace(cfg, block_length=rollout.block_length or 32)
+    return cfg if cfg.block_length else replace(cfg, block_length=rollout.block_length or FALLBACK_BLOCK_LENGTH)
 
 
 def answer_mask(rollout: Rollout, cfg: ElboConfig) -> torch.Tensor:
@@ -108,7 +110,7 @@ def sample_draws(answer: torch.Tensor, n_draws: int, cfg: ElboConfig,
     ``generator``: one per row (the trainer's: each row's draws depend on its own seed only, so they are the same
     whichever process holds the row), or one for the whole batch."""
     if cfg.block_length == 0:
-        cfg = replace(cfg, block_length=32)  # no rollout to take it from (see for_rollout)
+        cfg = replace(cfg, block_length=FALLBACK_BLOCK_LENGTH)  # no rollout to take it from (see for_rollout)
     if not isinstance(generator, torch.Generator):
         rows = [_sample(answer[i:i + 1], n_draws, cfg, g) for i, g in enumerate(generator)]
         return Draws(masks=torch.cat([r.masks for r in rows], dim=1), weights=torch.cat([r.weights for r in rows], 1))
