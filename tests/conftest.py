@@ -10,8 +10,11 @@ of them run.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -159,4 +162,68 @@ def save_model(folder: Path) -> Path:
     policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
     policy.model.lm.save_pretrained(folder)
     policy.tokenizer.save_pretrained(folder)
+    return folder
+
+
+class SevensTask:
+    """Toy task a random model learns in a few steps: any prompt; reward = share of the completion's characters that
+    are '7' (a random model writes one about 1/268 of the time, so the reward starts near 0 and moves at once)."""
+
+    name: ClassVar[str] = "sevens"
+    version: ClassVar[str] = "1"
+    metric: ClassVar[str] = "reward"
+    target: ClassVar[str] = "7"
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.data_dir = data_dir
+
+    def load(self, split: str):  # noqa: ANN201
+        from tasks.base import Item
+
+        return [Item(id=str(i), prompt_text=f"write {i}", answer=self.target) for i in range(16)]
+
+    def prompt(self, item) -> list[dict[str, str]]:  # noqa: ANN001
+        return [{"role": "user", "content": item.prompt_text}]
+
+    def reward(self, item, completion: str) -> float:  # noqa: ANN001
+        return completion.count(self.target) / max(len(completion), 1)
+
+    def score(self, item, completion: str) -> dict[str, float]:  # noqa: ANN001
+        return {"reward": self.reward(item, completion)}
+
+
+# ---- model folders of the real families ------------------------------------------------------------------------------
+LLADA_TINY = Path(__file__).parent / "data" / "llada-tiny"
+
+
+def llada_folder(tmp_path: Path) -> Path:
+    """tests/data/llada-tiny (LLaDA's released layout and config keys, no modelling code) plus a tokenizer."""
+    folder = tmp_path / "llada-tiny"
+    shutil.copytree(LLADA_TINY, folder, ignore=shutil.ignore_patterns("golden.safetensors", "*.py", "*.diff"))
+    from harness.runs.pretrain import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def dream_folder(tmp_path: Path, seed: int = 0) -> Path:
+    """A tiny random checkpoint in Dream-v0-Instruct-7B's layout: Qwen2 weight names, config model_type "Dream"."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from harness.runs.pretrain import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=False, initializer_range=0.3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    folder = tmp_path / "dream-tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    raw.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=tokenizer.mask_token_id,
+               auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"})
+    (folder / "config.json").write_text(json.dumps(raw))
     return folder

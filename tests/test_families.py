@@ -5,12 +5,11 @@ chunked log-probabilities (harness/model/families.py, predictor.py, policy.py)."
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_batch
+from conftest import LLADA_TINY, dream_folder, llada_folder, make_batch
 from safetensors.torch import load_file
 
 from harness.model.elbo import ElboConfig, draw_terms, sample_draws
@@ -20,16 +19,6 @@ from harness.model.rollout import RolloutConfig, generate
 from harness.model.structs import Rollout
 from harness.runs.pretrain import tiny_tokenizer
 from objectives import OBJECTIVES
-
-LLADA_TINY = Path(__file__).parent / "data" / "llada-tiny"
-
-
-def llada_folder(tmp_path: Path) -> Path:
-    """tests/data/llada-tiny (LLaDA's released layout and config keys, no modelling code) plus a tokenizer."""
-    folder = tmp_path / "llada-tiny"
-    shutil.copytree(LLADA_TINY, folder, ignore=shutil.ignore_patterns("golden.safetensors", "*.py", "*.diff"))
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_llada_layout_loads_natively_and_matches_the_golden_logits_of_its_own_code(tmp_path: Path) -> None:
@@ -92,27 +81,6 @@ def test_compare_trains_and_evaluates_the_llada_layout_checkpoint(tmp_path: Path
 
 
 # ---- Dream: shifted logits -------------------------------------------------------------------------------------------
-def dream_folder(tmp_path: Path, seed: int = 0) -> Path:
-    """A tiny random checkpoint in Dream-v0-Instruct-7B's layout: Qwen2 weight names, config model_type "Dream"."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tokenizer = tiny_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=False, initializer_range=0.3)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    folder = tmp_path / "dream-tiny"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    raw = json.loads((folder / "config.json").read_text())
-    raw.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=tokenizer.mask_token_id,
-               auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"})
-    (folder / "config.json").write_text(json.dumps(raw))
-    return folder
-
-
 def raw_outputs(policy: Policy, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     """The transformers model's own logits [N, T, V] (Dream's position ids), unshifted."""
     positions = (attention.long().cumsum(-1) - 1).clamp_min(0)

@@ -8,39 +8,14 @@ loop runs through the real trainer (rollout -> reward -> advantage -> loss -> op
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import pytest
 import torch
-from conftest import make_policy
+from conftest import SevensTask, make_policy
 
 from harness.loop.trainer import TrainConfig, train
 from harness.model.rollout import RolloutConfig
 from harness.runs.sweep import objective_config
 from objectives import OBJECTIVES
-from tasks.base import Item
-
-TARGET = "7"
-
-
-class SevensTask:
-    """Toy task: any prompt; reward = share of the completion's characters equal to TARGET."""
-
-    name: ClassVar[str] = "sevens"
-    version: ClassVar[str] = "1"
-    metric: ClassVar[str] = "reward"
-
-    def load(self, split: str) -> list[Item]:
-        return [Item(id=str(i), prompt_text=f"write {i}", answer=TARGET) for i in range(16)]
-
-    def prompt(self, item: Item) -> list[dict[str, str]]:
-        return [{"role": "user", "content": item.prompt_text}]
-
-    def reward(self, item: Item, completion: str) -> float:
-        return completion.count(TARGET) / max(len(completion), 1)
-
-    def score(self, item: Item, completion: str) -> dict[str, float]:
-        return {"reward": self.reward(item, completion)}
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))

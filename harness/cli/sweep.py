@@ -24,8 +24,10 @@ def warn(message: str) -> None:
 
 
 def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple[int, int] = (1, 1)) -> SweepResult:
-    """Run ``spec`` (or its ``shard``) into ``out`` (skipping finished runs), print and write the table, and return
-    the sweep's result; exit 1 if a run errored."""
+    """Run ``spec`` (or its ``shard``) into ``out`` (skipping finished runs, resuming unfinished ones from their
+    checkpoints), print and write the table, and return the sweep's result; exit PREEMPTED_EXIT (75) when SIGTERM /
+    SIGUSR1 stopped it after a checkpoint, 1 if a run errored."""
+    from harness.loop.checkpoint import PREEMPTED_EXIT
     from harness.runs.sweep import failed, run_sweep, validate_spec
 
     validate_spec(spec)  # names and values checked before anything runs
@@ -39,6 +41,9 @@ def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple
     bad = failed(result.records)
     for record in bad:
         console.print(f"run {record.run_id}: {record.outcome}: {record.error}")
+    if result.preempted:
+        console.print(f"preempted: re-run the same command to resume (exit status {PREEMPTED_EXIT})")
+        raise typer.Exit(PREEMPTED_EXIT)
     if any(r.outcome == "error" for r in bad):
         raise typer.Exit(ERRORED_EXIT)
     return result

@@ -56,6 +56,15 @@ class EvalResult:
     def summary(self) -> dict[str, dict[str, float]]:
         return {name: {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n} for name, e in self.metrics.items()}
 
+    def to_json(self) -> dict:
+        """The evaluation as plain JSON (run records and checkpoints store it so)."""
+        return {"step": self.step, "metrics": self.summary(), "items": list(self.items)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> EvalResult:
+        metrics = {name: Estimate(**e) for name, e in data["metrics"].items()}
+        return cls(metrics=metrics, items=list(data.get("items", [])), step=data["step"])
+
 
 def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConfig, batch_size: int = 100,
              seed: int = 0, step: int = 0) -> EvalResult:

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from harness.loop import checkpoint
 from harness.loop.advantages import frac_zero_std, group_advantages
+from harness.loop.checkpoint import RunFolders, TrainingState
 from harness.loop.evaluate import EvalConfig, EvalResult, evaluate
 from harness.loop.measure import Meter
 from harness.model.policy import Policy
@@ -91,6 +93,8 @@ class TrainResult:
     evals: list[EvalResult]
     """The evaluations on the cadence and after the last step, in step order."""
     eval_seconds: float
+    policy_path: Path | None = None
+    """The exported final policy (None when the run exports nothing)."""
 
 
 COLLAPSE_WINDOW = 10
@@ -225,33 +229,36 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, seed: int,
           evaluation: EvalConfig | None = None, eval_items: Sequence[Item] = (),
           on_step: Callable[[int, dict[str, float]], None] | None = None,
-          tracking: Tracking | None = None) -> TrainResult:
+          tracking: Tracking | None = None, folders: RunFolders | None = None,
+          warn: Callable[[str], None] = print) -> TrainResult:
     """Run ``cfg.steps`` RL steps on the task's train split, evaluating on ``eval_items`` after the steps
     ``evaluation.due`` names (the cadence and the last step); every step's metrics go to ``on_step`` (progress) and
-    to accelerate's trackers.
+    to accelerate's trackers. With ``folders``: resume from the run's newest whole checkpoint, save one on the
+    cadence ``save_every`` and when preempted, and export the final policy (harness/loop/checkpoint.py).
 
-    Raises ``TrainingStopped`` after the first step whose loss or gradient is non-finite or diverged."""
+    Raises ``TrainingStopped`` after the first step whose loss or gradient is non-finite or diverged, and
+    ``Preempted`` after the checkpoint a SIGTERM / SIGUSR1 asked for."""
     cfg.validate()
     accelerator = Accelerator(cpu=policy.device.type == "cpu", log_with=list(tracking.log_with) if tracking else None,
                               project_dir=tracking.logging_dir if tracking else None)
     if tracking:
         accelerator.init_trackers(tracking.run_name, config=flat_config(tracking.config))
     optimizer, scheduler = make_optimizer(policy, cfg)
-    if objective.needs_reference:
+    if objective.needs_reference:  # before any checkpoint is loaded: the KL reference is the base, never resumed
         policy.snapshot_reference()
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # not prepare(): that steps it once per process
+    accelerator.register_save_state_pre_hook(checkpoint.trainable_weights_only)
     pool = task.load("train")
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.prompts_per_step % world:
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world} processes")
     local = cfg.prompts_per_step // world
     sampler = random.Random(seed)  # the same on every process: the global batch
+    state = checkpoint.resume(accelerator, folders, sampler, warn)
     meter = Meter(model=accelerator.unwrap_model(policy.model), optimizer=optimizer, device=policy.device)
-    history: list[dict[str, float]] = []
-    evals: list[EvalResult] = []
-    eval_seconds = 0.0
     try:
-        for step in range(cfg.steps):
+        for step in range(state.step, cfg.steps):
             meter.track_memory = step < cfg.track_memory_steps
             items = sampler.sample(pool, cfg.prompts_per_step)[rank * local:(rank + 1) * local]
             started = time.perf_counter()
@@ -260,20 +267,35 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
             metrics["time/step_s"] = time.perf_counter() - started
             metrics["mem_tracked"] = float(step < cfg.track_memory_steps)
             metrics = reduce_metrics(accelerator, metrics)
-            history.append(metrics)
+            state.history.append(metrics)
             accelerator.log(metrics, step=step)
             if on_step is not None:
                 on_step(step, metrics)
-            if stop := stop_reason(history):
-                raise TrainingStopped(*stop, history)
+            if stop := stop_reason(state.history):
+                raise TrainingStopped(*stop, state.history)
             if evaluation is not None and evaluation.due(step + 1, cfg.steps):  # the policy after step + 1 steps
-                started = time.perf_counter()
-                result = evaluate(policy, task, eval_items, evaluation.rollout, evaluation.batch_size, seed, step + 1)
-                eval_seconds += time.perf_counter() - started
-                evals.append(result)
-                accelerator.log({f"eval/{name}": e.mean for name, e in result.metrics.items()}, step=step)
+                evaluate_now(policy, task, eval_items, evaluation, seed, step + 1, state, accelerator, folders,
+                             last=step + 1 == cfg.steps)
+            state.step = step + 1
+            checkpoint.save_if_due(accelerator, folders, state, sampler, cfg.steps)
     finally:  # hand the caller its plain model back however training ends (stop, OOM, error)
         policy.model = accelerator.unwrap_model(policy.model)
         for tracker in accelerator.trackers:  # not end_training(): it destroys the process group the next run needs
             tracker.finish()
-    return TrainResult(steps=history, evals=evals, eval_seconds=eval_seconds)
+    final = None
+    if folders is not None and folders.config.export:
+        final = checkpoint.export(policy, folders, "final", accelerator)
+    return TrainResult(steps=state.history, evals=state.evals, eval_seconds=state.eval_seconds, policy_path=final)
+
+
+def evaluate_now(policy: Policy, task: Task, eval_items: Sequence[Item], evaluation: EvalConfig, seed: int,
+                 done: int, state: TrainingState, accelerator: Accelerator, folders: RunFolders | None,
+                 last: bool) -> None:
+    """Evaluate the policy after ``done`` steps into ``state`` (and export it when asked for every evaluation)."""
+    started = time.perf_counter()
+    result = evaluate(policy, task, eval_items, evaluation.rollout, evaluation.batch_size, seed, done)
+    state.eval_seconds += time.perf_counter() - started
+    state.evals.append(result)
+    accelerator.log({f"eval/{name}": e.mean for name, e in result.metrics.items()}, step=done - 1)
+    if folders is not None and folders.config.export_evaluated and not last:
+        checkpoint.export(policy, folders, f"step-{done}", accelerator)

@@ -15,6 +15,10 @@ No remote code runs by default (``PolicyConfig.trust_remote_code`` is the fallba
 
 A new family is an entry of ``FAMILIES``: how to detect it from config.json, the transformers config it loads into,
 its weight-name mapping, whether its logits are shifted, and its LoRA target modules.
+
+A folder ``export.py`` writes names its family where config.json alone would not (a Dream export is a plain Qwen2
+folder plus ``"dllm_family": "dream"``), and an exported LoRA adapter names its base folder in ``base_model.json``
+(``AdapterPointer``), which ``Policy.from_pretrained`` follows.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ LLADA_KEYS = {
 }
 """LLaDA's released weight names (regex) -> transformers Llama's. LLaDA's block computes
 ``ff_out(act(ff_proj(x)) * up_proj(x))``: ``ff_proj`` is the gated branch (Llama's ``gate_proj``)."""
+
+FAMILY_KEY = "dllm_family"
+"""config.json key an export writes when the folder's own keys would load it into another family (Dream's export is
+a plain Qwen2 folder, which alone would read unshifted)."""
 
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """d1's LoRA target modules (its diffu_grpo_train.py), under transformers' Llama / Qwen2 names."""
@@ -86,23 +94,52 @@ def dream_config(raw: dict[str, Any]):  # noqa: ANN201
     """Dream's config.json (Qwen2 keys) -> a bidirectional ``Qwen2Config``."""
     from transformers import Qwen2Config
 
+    # Dream's release writes ``rope_theta``; transformers 5 saves it inside ``rope_parameters`` (an export).
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps", "hidden_act",
-            "tie_word_embeddings", "mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+            "num_key_value_heads", "max_position_embeddings", "rope_theta", "rope_parameters", "rms_norm_eps",
+            "hidden_act", "tie_word_embeddings", "mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
     return Qwen2Config(**{k: raw[k] for k in keys if k in raw}, is_causal=False, use_sliding_window=False)
 
 
 FAMILIES = (
     Family("llada", lambda raw: raw.get("model_type") == "llada", native_class="LlamaForCausalLM",
            native_config=llada_config, key_mapping=LLADA_KEYS),
-    Family("dream", lambda raw: str(raw.get("model_type", "")).lower() == "dream", shift_logits=True,
-           positions_skip_padding=True, native_class="Qwen2ForCausalLM", native_config=dream_config),
+    Family("dream", lambda raw: str(raw.get("model_type", "")).lower() == "dream" or raw.get(FAMILY_KEY) == "dream",
+           shift_logits=True, positions_skip_padding=True, native_class="Qwen2ForCausalLM",
+           native_config=dream_config),
 )
 HF = Family("hf", lambda raw: True)
 
 
 def read_config(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+ADAPTER_POINTER = "base_model.json"
+"""The file beside an exported LoRA adapter (peft's adapter_config.json + adapter_model.safetensors) naming its base."""
+
+
+@dataclass(frozen=True)
+class AdapterPointer:
+    """What ``base_model.json`` holds: the base checkpoint folder the adapter was trained on, and how it was read."""
+
+    base: Path
+    """Absolute path of the base checkpoint folder (loaded with its own family loader)."""
+    family: str
+    mask_token_id: int
+
+    def to_json(self) -> str:
+        return json.dumps({"base": str(self.base), "family": self.family, "mask_token_id": self.mask_token_id},
+                          indent=2) + "\n"
+
+
+def read_adapter_pointer(path: Path) -> AdapterPointer | None:
+    """The base an exported adapter folder points at; None for a folder that is not one."""
+    pointer = Path(path) / ADAPTER_POINTER
+    if not pointer.is_file() or not (Path(path) / "adapter_config.json").is_file():
+        return None
+    raw = json.loads(pointer.read_text())
+    return AdapterPointer(Path(raw["base"]), str(raw["family"]), int(raw["mask_token_id"]))
 
 
 def family_of(raw: dict[str, Any]) -> Family:
@@ -120,12 +157,13 @@ def load_model(path: Path, family: Family, dtype, trust_remote_code: bool = Fals
         loader = AutoModelForCausalLM if "AutoModelForCausalLM" in getattr(config, "auto_map", {}) else AutoModel
         return loader.from_pretrained(path, trust_remote_code=True, dtype=dtype)
     if family.native_class is None:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    cls = getattr(transformers, family.native_class)
-    model, info = cls.from_pretrained(path, config=family.native_config(read_config(path)), dtype=dtype,
-                                      key_mapping=family.key_mapping, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    else:
+        cls = getattr(transformers, family.native_class)
+        model, info = cls.from_pretrained(path, config=family.native_config(read_config(path)), dtype=dtype,
+                                          key_mapping=family.key_mapping, output_loading_info=True)
     missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
     if missing or unexpected:  # a silently re-initialised weight would train a different model
-        raise ValueError(f"{path}: the {family.name} weights do not fit {family.native_class} (missing "
+        raise ValueError(f"{path}: the {family.name} weights do not fit {type(model).__name__} (missing "
                          f"{missing[:3]}, unexpected {unexpected[:3]}); is it a {family.name} checkpoint?")
     return model

@@ -4,7 +4,9 @@ It wraps a masked-diffusion model (a bidirectional mask predictor, ``predictor.M
 and owns the token ids that give the model its diffusion meaning (mask, EOS, pad, end of turn). Reference: LLaDA
 `generate.py` and `get_log_likelihood.py` (the model is called on [prompt ; partially masked completion] and
 predicts every token). Checkpoints load natively by family (``families.py``: LLaDA, Dream, stock transformers), in
-float32 or bfloat16, optionally with LoRA adapters through peft and gradient checkpointing (``PolicyConfig``).
+float32 or bfloat16, optionally with LoRA adapters through peft and gradient checkpointing (``PolicyConfig``). A
+LoRA adapter folder written by ``export.py`` (peft's files plus ``base_model.json``) loads as its base with the
+adapters applied. ``export.py`` writes a policy back out as folders other software loads.
 
 Departures from LLaDA's scripts, each deliberate:
 1. Prompts are left-padded with a pad id distinct from the mask id and an attention mask is always passed (d1 pads
@@ -26,10 +28,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.model.families import HF, Family, family_of, load_model, read_config
+from harness.model.families import HF, Family, family_of, load_model, read_adapter_pointer, read_config
 from harness.model.predictor import MaskPredictor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+LORA_INIT_SEED = 0
+"""Seed of the LoRA adapters' initialisation (peft draws A from the global RNG; B starts at 0, so the initial policy
+is the base model whatever A is). Fixed, so that two processes building the same run (a resume, a rerun, the ranks
+of a data-parallel run) build the same adapters."""
 END_OF_TURN = "<|eot_id|>"
 """LLaDA-8B-Instruct's end-of-turn token (id 126348): a completion ends at it or at EOS, whichever comes first."""
 
@@ -80,25 +86,27 @@ class Policy:
         self.stop_ids = tuple(sorted({self.eos_id} | ({int(turn)} if turn is not None else set())))
         """Token ids that end a completion: EOS and, where the tokenizer has it, LLaDA's end of turn."""
         self._reference: MaskPredictor | None = None
+        self.source: Path | None = None
+        """The checkpoint folder the weights were loaded from (an adapter's base folder); None when built in-process.
+        An adapter export names it as the base, and ``export_llada_layout`` reuses a LLaDA folder's config.json."""
 
     # ---- loading -------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                         config: PolicyConfig | None = None) -> Policy:
         """Load a local checkpoint folder (LLaDA, Dream, the built-in tiny model) onto ``device`` (``dtype``, when
-        given, overrides ``config.dtype``)."""
+        given, overrides ``config.dtype``). An exported adapter folder loads its base (``base_model.json``) and
+        applies the adapters, which train when the policy trains."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per run would drown the comparison's bars
         config = config or PolicyConfig()
         config.validate()
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise PolicyError(f"model path {path} has no config.json (not a Hugging Face checkpoint folder)")
-        raw = read_config(path)
+        weights, raw, adapter = resolve_folder(path, config)
         family = family_of(raw)
         tokenizer = load_tokenizer(path, config.trust_remote_code)
-        lm = load_model(path, family, dtype or DTYPES[config.dtype], config.trust_remote_code).to(device)
+        lm = load_model(weights, family, dtype or DTYPES[config.dtype], config.trust_remote_code).to(device)
         # LLaDA's tokenizer declares no mask token; its config.json carries the id (126336), so no id is hard-coded.
         mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else raw.get("mask_token_id")
         if mask_id is None:
@@ -106,9 +114,10 @@ class Policy:
                               f"masked-diffusion model needs one")
         if tokenizer.eos_token_id is None:
             raise PolicyError(f"tokenizer in {path} declares no EOS token")
-        policy = cls(adapt(lm, family, config), tokenizer, mask_id=mask_id, family=family,
+        policy = cls(adapt(lm, family, config, adapter), tokenizer, mask_id=mask_id, family=family,
                      logits_chunk=config.logits_chunk)
         policy.model.train(config.gradient_checkpointing)  # transformers checkpoints only in train mode
+        policy.source = weights.resolve()
         return policy
 
     @property
@@ -136,8 +145,10 @@ class Policy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def save(self, folder: Path) -> None:
-        """Weights (the transformers model) and tokenizer, in Hugging Face's layout."""
-        self.predictor.lm.save_pretrained(folder)
+        """Weights (the transformers model, under its own weight names: transformers 5 would otherwise write a LLaDA
+        policy under LLaDA's names beside a Llama config.json) and tokenizer, in Hugging Face's layout. For an
+        export other software loads, see ``export.py``."""
+        self.predictor.lm.save_pretrained(folder, save_original_format=False)
         self.tokenizer.save_pretrained(folder)
     # ---- text <-> ids --------------------------------------------------------------------------------------------
     def encode_prompts(self, conversations: Sequence[list[dict[str, str]]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +209,30 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):  # noqa: ANN201
         return PreTrainedTokenizerFast.from_pretrained(path)
 
 
-def adapt(lm: nn.Module, family: Family, config: PolicyConfig) -> MaskPredictor:
-    """The loaded model with gradient checkpointing and LoRA adapters as configured, as a mask predictor."""
+def resolve_folder(path: Path, config: PolicyConfig) -> tuple[Path, dict, Path | None]:
+    """Where a model folder's weights are, its config.json, and the adapter folder to apply (None for a model
+    folder): an exported adapter folder reads as its base's config.json with the adapter's mask id."""
+    pointer = read_adapter_pointer(path)
+    if pointer is None:
+        if not (path / "config.json").is_file():
+            hint = " and no base_model.json beside its adapter" if (path / "adapter_config.json").is_file() else ""
+            raise PolicyError(f"model path {path} has no config.json{hint} (not a Hugging Face checkpoint folder)")
+        return path, read_config(path), None
+    if not (pointer.base / "config.json").is_file():
+        raise PolicyError(f"adapter folder {path}: its base {pointer.base} (base_model.json) has no config.json")
+    raw = {**read_config(pointer.base), "mask_token_id": pointer.mask_token_id}
+    if family_of(raw).name != pointer.family:
+        raise PolicyError(f"adapter folder {path} was trained on a {pointer.family} model; its base "
+                          f"{pointer.base} now reads as {family_of(raw).name}")
+    if config.lora_r:
+        raise PolicyError(f"{path} is a LoRA adapter folder (its adapters train); lora_r={config.lora_r} would "
+                          f"add a second set: leave lora_r at 0")
+    return pointer.base, raw, path
+
+
+def adapt(lm: nn.Module, family: Family, config: PolicyConfig, adapter: Path | None = None) -> MaskPredictor:
+    """The loaded model with gradient checkpointing and LoRA adapters as configured (or the trained ones of an
+    ``adapter`` folder), as a mask predictor."""
     if config.gradient_checkpointing:
         dropout = getattr(lm.config, "attention_dropout", 0.0) or 0.0
         if dropout > 0:
@@ -211,12 +244,21 @@ def adapt(lm: nn.Module, family: Family, config: PolicyConfig) -> MaskPredictor:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.config.use_cache = False
         no_input_grad_hook(lm)
-    if config.lora_r > 0:
+    if adapter is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter, is_trainable=True)
+        no_input_grad_hook(lm.get_base_model())
+    elif config.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
         targets = list(config.lora_targets or family.lora_targets)
-        lm = get_peft_model(lm, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                           target_modules=targets))
+        device = next(lm.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                   device_type=device.type if device.type == "cuda" else "cuda"):
+            torch.manual_seed(LORA_INIT_SEED)  # the same adapters in every process and every run of a config
+            lm = get_peft_model(lm, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                               target_modules=targets))
         no_input_grad_hook(lm.get_base_model())
     return MaskPredictor(lm, family, config.logits_chunk)
 

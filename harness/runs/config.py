@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.loop.checkpoint import CheckpointConfig
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.policy import PolicyConfig
@@ -39,6 +40,8 @@ class RunConfig:
     """torch CPU threads; set explicitly because oversubscription slows steps several-fold."""
     data_dir: str | None = None
     """Local task data folder (else the DLLM_HARNESS_DATA_DIR env var, else the Hub)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint cadence and policy export (not part of the protocol: they change no number)."""
     randomness: str = RANDOMNESS
     """How the run's random numbers are drawn (not a setting: recorded so that records made otherwise, whose configs
     lack it, never share a fingerprint with a run of today's code)."""
@@ -71,8 +74,9 @@ def current_world_size() -> int:
     return PartialState().num_processes
 
 
-NOT_PROTOCOL = ("data_dir", "threads")
-"""Config fields that do not change a run's numbers: where the data lives and the torch thread count."""
+NOT_PROTOCOL = ("data_dir", "threads", "checkpoint")
+"""Config fields that do not change a run's numbers: where the data lives, the torch thread count, and how often
+the state is saved and what is exported (a resumed run equals an uninterrupted one)."""
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

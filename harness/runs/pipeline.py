@@ -10,6 +10,13 @@ loop, ``trainer.train``), and turn how it ended into the record's outcome:
     diverged  the training reward collapsed (``trainer.stop_reason``)
     oom       out of memory (``torch.OutOfMemoryError`` or ``MemoryError``)
     error     any other exception, with its message and where it was raised (the command exits non-zero)
+    preempted SIGTERM / SIGUSR1 stopped training after a checkpoint (``checkpoint.Preempted``); the next run of the
+              same command resumes it from there
+
+With ``RunContext.out`` set, every run resumes from its newest whole checkpoint under ``OUT/checkpoints/<run_id>``,
+saves on the cadence ``checkpoint.save_every`` and exports its final policy under ``OUT/policies/<run_id>/final``
+(harness/loop/checkpoint.py). A checkpoint of another protocol stops the command (``CheckpointRefused``) instead of
+becoming the run's outcome: nothing is written, and the run is not marked done.
 
 A failed run's record has the same shape as a finished one's, with the steps run so far and no final evaluation.
 """
@@ -25,6 +32,7 @@ from typing import Any
 
 import torch
 
+from harness.loop.checkpoint import CheckpointRefused, Preempted, RunFolders
 from harness.loop.evaluate import EvalResult, evaluate
 from harness.loop.trainer import TrainingStopped, TrainResult, train
 from harness.model.device import process_device, release_cached_memory, synchronize
@@ -56,6 +64,19 @@ class RunContext:
     logging_dir: Path | None = None
     models: dict[str, Path] = field(default_factory=dict)
     bases: dict[str, EvalResult] = field(default_factory=dict)
+    out: Path | None = None
+    """The sweep's folder: checkpoints go under out/checkpoints, exported policies under out/policies (None: the
+    run lives only in its process)."""
+    warn: Callable[[str], None] = print
+    """Where one-line notices go (a skipped broken checkpoint, a resume)."""
+
+    def folders(self, cfg: RunConfig) -> RunFolders | None:
+        """Where ``cfg``'s checkpoints and exported policies go, with the fingerprint its checkpoints must carry."""
+        if self.out is None:
+            return None
+        run_id = cfg.run_id()
+        return RunFolders(self.out / "checkpoints" / run_id, self.out / "policies" / run_id, cfg.fingerprint(),
+                          cfg.checkpoint)
 
     def model_path(self, model: str) -> Path:
         """'tiny' -> the cached pretrained tiny model (built when missing); else an existing checkpoint folder."""
@@ -108,7 +129,8 @@ def train_run(cfg: RunConfig, model_path: Path, context: RunContext, on_step: On
 
         tracking = Tracking(context.log_with, context.logging_dir, cfg.run_id(task.version),
                             cfg.to_dict())
-    return train(policy, objective, task, cfg.train, cfg.seed, cfg.eval, eval_items(task, cfg), on_step, tracking)
+    return train(policy, objective, task, cfg.train, cfg.seed, cfg.eval, eval_items(task, cfg), on_step, tracking,
+                 context.folders(cfg), context.warn)
 
 
 def run(cfg: RunConfig, context: RunContext | None = None, on_step: OnStep | None = None,
@@ -121,12 +143,16 @@ def run(cfg: RunConfig, context: RunContext | None = None, on_step: OnStep | Non
     device = process_device(cfg.device)
     reference = reference_seconds(device)
     started = time.perf_counter()
-    outcome, error, steps, evals, eval_seconds = "ok", None, [], [], 0.0
+    outcome, error, steps, evals, eval_seconds, exported = "ok", None, [], [], 0.0, None
     try:
         result = trainer(cfg, model_path, context, on_step)
-        steps, evals, eval_seconds = result.steps, result.evals, result.eval_seconds
+        steps, evals, eval_seconds, exported = result.steps, result.evals, result.eval_seconds, result.policy_path
     except TrainingStopped as stop:
         outcome, error, steps = stop.outcome, str(stop), stop.history
+    except Preempted as stop:
+        outcome, error, steps = "preempted", str(stop), stop.history
+    except CheckpointRefused:
+        raise
     except (torch.OutOfMemoryError, MemoryError) as oom:
         release_cached_memory(device)
         outcome, error = "oom", f"out of memory: {str(oom).splitlines()[0] if str(oom) else ''}"
@@ -139,8 +165,9 @@ def run(cfg: RunConfig, context: RunContext | None = None, on_step: OnStep | Non
     return RunRecord(run_id=cfg.run_id(version, processes), fingerprint=cfg.fingerprint(version, processes),
                      config=cfg.to_dict(), task_version=version, world_size=processes, outcome=outcome, error=error,
                      steps=tuple(StepMetrics(i, m) for i, m in enumerate(steps)), evals=(before, *evals),
-                     model_path=str(model_path), reference_s=reference, train_seconds=wall - eval_seconds,
-                     eval_seconds=eval_seconds, **environment(device))
+                     model_path=str(model_path), policy_path=str(exported) if exported else None,
+                     reference_s=reference, train_seconds=wall - eval_seconds, eval_seconds=eval_seconds,
+                     **environment(device))
 
 
 def reference_seconds(device: torch.device) -> float:

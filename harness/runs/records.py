@@ -30,7 +30,6 @@ from typing import Any, TextIO
 import torch
 
 from harness.loop.evaluate import EvalResult
-from harness.loop.stats import Estimate
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy", "rich", "typer")
 SCHEMA_VERSION = 2
@@ -60,12 +59,15 @@ class RunRecord:
     task_version: str
     world_size: int
     outcome: str = "ok"
-    """ok | nan | diverged | oom | error (results_file.OUTCOMES)."""
+    """ok | nan | diverged | oom | error | preempted (results_file.OUTCOMES); a preempted run is resumed from its
+    checkpoint by the next run of the same command."""
     error: str | None = None
     steps: tuple[StepMetrics, ...] = ()
     evals: tuple[EvalResult, ...] = ()
     """The base policy's evaluation (step 0) first, then one per ``eval.every`` steps and the final step's."""
     model_path: str = ""
+    policy_path: str | None = None
+    """The exported final policy (``OUT/policies/<run_id>/final``), when the run finished and exported it."""
     reference_s: float | None = None
     """Seconds of the reference computation timed around the run (see pipeline.REFERENCE_SIZE)."""
     train_seconds: float = 0.0
@@ -132,19 +134,10 @@ class RunRecord:
 
 
 # ---- on disk ------------------------------------------------------------------------------------------------------
-def eval_to_json(result: EvalResult) -> dict[str, Any]:
-    return {"step": result.step, "metrics": result.summary(), "items": list(result.items)}
-
-
-def eval_from_json(data: dict[str, Any]) -> EvalResult:
-    metrics = {name: Estimate(**e) for name, e in data["metrics"].items()}
-    return EvalResult(metrics=metrics, items=list(data.get("items", [])), step=data["step"])
-
-
 def record_to_json(record: RunRecord) -> dict[str, Any]:
     data = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
     data["steps"] = [{"step": s.step, **s.metrics} for s in record.steps]
-    data["evals"] = [eval_to_json(e) for e in record.evals]
+    data["evals"] = [e.to_json() for e in record.evals]
     return data
 
 
@@ -158,7 +151,7 @@ def record_from_json(data: dict[str, Any]) -> RunRecord:
                   for s in data["steps"])
     known = {f.name for f in dataclasses.fields(RunRecord)}
     fields = {k: v for k, v in data.items() if k in known}
-    return RunRecord(**{**fields, "steps": steps, "evals": tuple(eval_from_json(e) for e in data["evals"])})
+    return RunRecord(**{**fields, "steps": steps, "evals": tuple(EvalResult.from_json(e) for e in data["evals"])})
 
 
 def write_record(path: Path, record: RunRecord) -> None:

@@ -24,7 +24,7 @@ RESULTS_NAME = "results.jsonl"
 LOCK_NAME = ".results.lock"
 REQUIRED = ("run_id", "task", "objective", "n_t", "mu", "seed", "outcome")
 """Keys every row must have; a row without them is reported and skipped like a truncated line."""
-OUTCOMES = ("ok", "nan", "diverged", "oom", "error")
+OUTCOMES = ("ok", "nan", "diverged", "oom", "error", "preempted")
 """ok: trained and evaluated. nan: a non-finite loss or gradient stopped training. diverged: the training reward
 collapsed (trainer.COLLAPSE_WINDOW / COLLAPSE_FRACTION). oom: out of memory. error: any other exception (its
 message is in the row)."""

@@ -27,8 +27,9 @@ from typing import Any
 from harness.runs.registry import UnknownName, lookup
 
 SCALARS = (bool, int, float, str)
-FLAT_PARTS = ("train", "policy")
-"""Configs whose settings are named without their path: ``train.lr`` -> ``lr``, ``policy.lora_r`` -> ``lora_r``."""
+FLAT_PARTS = ("train", "policy", "checkpoint")
+"""Configs whose settings are named without their path: ``train.lr`` -> ``lr``, ``policy.lora_r`` -> ``lora_r``,
+``checkpoint.save_every`` -> ``save_every``."""
 
 
 @dataclass(frozen=True)

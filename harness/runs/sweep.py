@@ -6,7 +6,9 @@ fields (``harness/runs/settings.py``). Named recipes (``RECIPES``: the default c
 are specs. Runs go in a deterministic order: tasks, then objectives as given, then n_t ascending, then the settings
 given several values (``vary``), then seeds. Each finished run is written as ``out/runs/<run_id>.json`` (temporary
 file + rename, so it exists whole or not at all) and then listed in ``out/results.jsonl``. A re-run skips every run
-whose record exists, so a kill loses at most the run in flight. Under several processes exactly one writes.
+whose record exists; the run in flight resumes from its newest checkpoint (``--save-every``), so a kill loses at
+most the steps since then. SIGTERM / SIGUSR1 stop the sweep after a checkpoint of the run in flight (its record says
+'preempted'; the next run of the command resumes it). Under several processes exactly one writes.
 
 A failed run (nan, diverged, oom, error) is recorded like a result and the sweep goes on; the command exits non-zero
 at the end if a run errored (a bug should not pass silently).
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.loop.checkpoint import CheckpointConfig, preemption_requested, preemption_signals
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.elbo import ElboConfig
@@ -68,6 +71,7 @@ class SweepSpec:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, mu=2))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     memory_budget: str | None = None
     """e.g. '80GiB': give each ELBO objective the largest n_t whose measured peak memory fits."""
     device: str = "cpu"
@@ -127,7 +131,8 @@ def plan_runs(spec: SweepSpec, nts_by_objective: dict[str, tuple[int, ...]] | No
                 point = apply_settings(spec, dict(combo), "") if combo else spec
                 runs.append(RunConfig(objective=name, objective_config=config, task=task, model=spec.model,
                                       policy=point.policy, train=point.train, eval=point.eval, seed=seed,
-                                      device=spec.device, threads=spec.threads, data_dir=spec.data_dir))
+                                      device=spec.device, threads=spec.threads, data_dir=spec.data_dir,
+                                      checkpoint=point.checkpoint))
     return runs
 
 
@@ -256,6 +261,8 @@ class SweepResult:
     skipped: int
     """Runs found finished on disk and not re-run."""
     nts_by_objective: dict[str, tuple[int, ...]]
+    preempted: bool = False
+    """A SIGTERM / SIGUSR1 stopped the sweep (after the checkpoint of the run in flight)."""
 
 
 def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: Trainer = train_run,
@@ -272,7 +279,8 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
 
     device = resolve_device(spec.device)
     torch.set_num_threads(spec.threads)
-    context = RunContext(data_dir=spec.data_dir, log_with=spec.log_with, logging_dir=out / "logs")
+    context = RunContext(data_dir=spec.data_dir, log_with=spec.log_with, logging_dir=out / "logs", out=out,
+                         warn=warn)
     nts_by_objective = {}
     if spec.memory_budget:
         from harness.runs.budget import fit_nts
@@ -283,13 +291,15 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
     results_path = out / RESULTS_NAME
     writer = process_state(device).is_main_process
     with results_lock(out):  # the table is healed from every record of the grid, other shards' included
-        everything = {cfg.run_id(): finished_record(record_path(out, cfg), warn, writer) for cfg in grid}
+        everything = {cfg.run_id(): done(finished_record(record_path(out, cfg), warn, writer)) for cfg in grid}
         if writer:
             rewrite_rows(results_path, [result_row(r) for r in everything.values() if r])
     stored = {cfg.run_id(): everything[cfg.run_id()] for cfg in runs}
     records = []
-    with (progress(runs) if progress else nullcontext(lambda cfg: None)) as on_start:
+    with (progress(runs) if progress else nullcontext(lambda cfg: None)) as on_start, preemption_signals():
         for cfg in runs:
+            if preemption_requested():  # signalled between runs: stop before starting another
+                break
             on_step = on_start(cfg)
             record = stored[cfg.run_id()]
             if record is None:
@@ -300,8 +310,16 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
                         write_record(record_path(out, cfg), record)
                         append_row(results_path, result_row(record))
             records.append(record)
+            if record.outcome == "preempted":
+                break
     return SweepResult(records=records, skipped=sum(r is not None for r in stored.values()),
-                       nts_by_objective=nts_by_objective)
+                       nts_by_objective=nts_by_objective,
+                       preempted=preemption_requested() or any(r.outcome == "preempted" for r in records))
+
+
+def done(record: RunRecord | None) -> RunRecord | None:
+    """A stored record that ends its run (every outcome but 'preempted', which the run resumes from)."""
+    return None if record is None or record.outcome == "preempted" else record
 
 
 def failed(records: Sequence[RunRecord]) -> list[RunRecord]:
