@@ -47,6 +47,7 @@ eval_every = 4
 lora_r = {lora}
 threads = 1
 save_every = 4
+export_evaluated = true
 """
 EVAL_FLAGS = ("--task", "sevens", "--eval-limit", "4", "--gen-length", "8", "--block-length", "8",
               "--diffusion-steps", "8", "--threads", "1")
@@ -194,6 +195,7 @@ def test_harness_eval_of_the_exported_policies_equals_each_runs_final_accuracy(
     for run_id, record in records(whole).items():
         export = Path(record.policy_path)
         assert export == whole / "policies" / run_id / "final"
+        assert sorted(p.name for p in export.parent.iterdir()) == ["final", "step-4", "step-8"]  # export_evaluated
         lora = record.config["policy"]["lora_r"] > 0
         assert (export / ("adapter_config.json" if lora else "config.json")).is_file()
         done = harness("none", 0, "eval", "--model", str(export), *EVAL_FLAGS, "--out", str(tmp_path / run_id))

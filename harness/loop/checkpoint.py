@@ -117,7 +117,7 @@ def step_folder(folders: RunFolders, step: int) -> Path:
 
 def trainable_weights_only(models: list, weights: list[dict], output_dir: str) -> None:  # noqa: ARG001
     """accelerate save hook: keep only the parameters that train (the adapters under LoRA; all of them otherwise)."""
-    for model, state in zip(models, weights, strict=True):
+    for model, state in zip(models, weights, strict=False):  # FSDP saves its own shards: no weights come here
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         for key in [k for k in state if k not in trainable]:
             del state[key]
@@ -298,10 +298,17 @@ def save_if_due(accelerator: Accelerator, folders: RunFolders | None, state: Tra
         raise Preempted(state.step, path, state.history)
 
 
-def export(policy: Policy, folders: RunFolders, name: str, accelerator: Accelerator) -> Path:
-    """Write the policy as it is now under ``OUT/policies/<run_id>/<name>`` (one process writes)."""
+def export(policy: Policy, folders: RunFolders, name: str, accelerator: Accelerator,
+           warn: Callable[[str], None] = print) -> Path | None:
+    """Write the policy as it is now under ``OUT/policies/<run_id>/<name>`` (one process writes); None under FSDP,
+    whose sharded parameters no single process holds (export from a checkpoint instead)."""
+    from accelerate.utils import DistributedType
+
     from harness.model.export import export_llada_layout, export_policy
 
+    if accelerator.distributed_type == DistributedType.FSDP:
+        warn(f"{folders.policies / name}: not exported (FSDP shards the weights); the checkpoints hold them")
+        return None
     folder = folders.policies / name
     if accelerator.is_main_process:
         lm = policy.model

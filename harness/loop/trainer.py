@@ -284,7 +284,7 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
             tracker.finish()
     final = None
     if folders is not None and folders.config.export:
-        final = checkpoint.export(policy, folders, "final", accelerator)
+        final = checkpoint.export(policy, folders, "final", accelerator, warn)
     return TrainResult(steps=state.history, evals=state.evals, eval_seconds=state.eval_seconds, policy_path=final)
 
 
