@@ -23,6 +23,7 @@ A failed run's record has the same shape as a finished one's, with the steps run
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -35,10 +36,10 @@ import torch
 from harness.loop.checkpoint import CheckpointRefused, Preempted, RunFolders
 from harness.loop.evaluate import EvalResult, evaluate
 from harness.loop.trainer import TrainingStopped, TrainResult, train
-from harness.model.device import process_device, release_cached_memory, synchronize
+from harness.model.device import process_device, process_state, release_cached_memory, synchronize
 from harness.model.policy import Policy
 from harness.runs.config import RunConfig, current_world_size, settings_fingerprint
-from harness.runs.records import RunRecord, StepMetrics, environment
+from harness.runs.records import RunRecord, StepMetrics, environment, write_json_atomic
 from harness.runs.registry import lookup
 from objectives import OBJECTIVES
 from tasks import TASKS
@@ -85,15 +86,21 @@ class RunContext:
         return self.models[model]
 
     def base_evaluation(self, cfg: RunConfig) -> EvalResult:
-        """The base policy's evaluation (step 0) under ``cfg``'s evaluation protocol, computed once per sweep."""
+        """The base policy's evaluation (step 0) under ``cfg``'s evaluation protocol, computed once per sweep and, with
+        ``out``, stored in out/bases/<key>.json, so that a requeued sweep does not decode the test set again."""
         model_path = self.model_path(cfg.model)
         key = settings_fingerprint({"model": str(model_path), "task": cfg.task, "eval": cfg.to_dict()["eval"],
                                     "policy": cfg.to_dict()["policy"], "device": cfg.device})
+        stored = self.out / "bases" / f"{key}.json" if self.out is not None else None
+        if key not in self.bases and stored is not None and stored.is_file():  # a resumed sweep: not decoded again
+            self.bases[key] = EvalResult.from_json(json.loads(stored.read_text()))
         if key not in self.bases:
             policy = Policy.from_pretrained(model_path, device=process_device(cfg.device), config=cfg.policy)
             task = make_task(cfg)
             self.bases[key] = evaluate(policy, task, eval_items(task, cfg), cfg.eval.rollout, cfg.eval.batch_size,
                                        seed=BASE_EVAL_SEED)
+            if stored is not None and process_state(cfg.device).is_main_process:
+                write_json_atomic(stored, self.bases[key].to_json())
         return self.bases[key]
 
 
