@@ -107,6 +107,38 @@ def bench_sandbox(
                   f"{result['wall_seconds']:.1f} s, statuses {result['statuses']}); written: {path}")
 
 
+@command(bench_app, "checkpoint")
+def bench_checkpoint(
+    shapes: Annotated[str, typer.Option(help="Comma list of NAME[:full|:loraR]: 'tiny' (the built-in pretrained "
+                                             "model) or a model shape with random weights (llada-1b, llada-8b, "
+                                             "llama-tiny, ...); :full trains every weight, :lora128 LoRA r = 128.")
+                      ] = "tiny,llada-1b:lora128,llada-1b:full",
+    repeats: Annotated[int, typer.Option(help="Save / validate / load rounds per shape (medians reported).")] = 3,
+    overhead_steps: Annotated[int, typer.Option(help="Steps of the tiny model's BGPO run trained with and without "
+                                                     "--save-every 10.")] = 20,
+    out: Out = LOCAL,
+    threads: Threads = 2,
+) -> None:
+    """Bytes, save, validate and load seconds of a checkpoint per shape, and the train time --save-every 10 costs;
+    writes OUT/bench/checkpoint.{json,md}."""
+    import torch
+
+    from harness.bench import checkpoint as bench
+    from harness.runs.records import write_json_atomic
+
+    entries = bench.parse_shapes(shapes)
+    check_positive(repeats=repeats, overhead_steps=overhead_steps, threads=threads)
+    torch.set_num_threads(threads)
+    spec = bench.overhead_spec("tiny", overhead_steps, threads)
+    with console.status(f"{len(entries)} shapes x {repeats} checkpoints, then 4 runs of {overhead_steps} steps"):
+        result = bench.checkpoint_bench(entries, repeats, spec, bench.SAVE_EVERY, out / "bench")
+    text = bench.checkpoint_markdown(result)
+    write_json_atomic(out / "bench" / "checkpoint.json", result)
+    (out / "bench" / "checkpoint.md").write_text(text)
+    console.print(text)
+    console.print(f"written: {out / 'bench' / 'checkpoint'}.json, .md")
+
+
 def run_learn(spec: SweepSpec, out: Path) -> None:
     """The learn recipe's sweep into OUT/learn (records, results.jsonl, compare.md), then its summary."""
     from harness.cli.sweep import execute
