@@ -21,6 +21,7 @@ from conftest import save_model
 from safetensors.torch import load_file
 
 from harness.loop.checkpoint import PREEMPTED_EXIT, STATE_FILE
+from harness.model.policy import Policy
 from harness.runs.records import RunRecord, read_record
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +49,7 @@ lora_r = {lora}
 threads = 1
 save_every = 4
 export_evaluated = true
+llada_layout = true
 """
 EVAL_FLAGS = ("--task", "sevens", "--eval-limit", "4", "--gen-length", "8", "--block-length", "8",
               "--diffusion-steps", "8", "--threads", "1")
@@ -195,8 +197,15 @@ def test_harness_eval_of_the_exported_policies_equals_each_runs_final_accuracy(
     for run_id, record in records(whole).items():
         export = Path(record.policy_path)
         assert export == whole / "policies" / run_id / "final"
-        assert sorted(p.name for p in export.parent.iterdir()) == ["final", "step-4", "step-8"]  # export_evaluated
         lora = record.config["policy"]["lora_r"] > 0
+        assert sorted(p.name for p in export.parent.iterdir()) == ["final", "final-llada", "step-4", "step-8"]
+        llada = Policy.from_pretrained(export.parent / "final-llada")  # LLaDA's layout, read by the native loader
+        assert llada.model.family.name == "llada"
+        ids = torch.tensor([[5, 6, 7, llada.mask_id, 9, llada.mask_id]])
+        attention = torch.ones_like(ids, dtype=torch.bool)
+        expected = Policy.from_pretrained(export).logits(ids, attention)
+        # the same weights in full; under LoRA the LLaDA layout holds them merged (float32 rounding of W + s B A)
+        assert (llada.logits(ids, attention) - expected).abs().max().item() < (1e-4 if lora else 1e-6)
         assert (export / ("adapter_config.json" if lora else "config.json")).is_file()
         done = harness("none", 0, "eval", "--model", str(export), *EVAL_FLAGS, "--out", str(tmp_path / run_id))
         assert done.returncode == 0, done.stderr
