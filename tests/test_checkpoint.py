@@ -51,8 +51,8 @@ save_every = 4
 export_evaluated = true
 llada_layout = true
 """
-EVAL_FLAGS = ("--task", "sevens", "--eval-limit", "4", "--gen-length", "8", "--block-length", "8",
-              "--diffusion-steps", "8", "--threads", "1")
+EVAL_FLAGS = ("--tasks", "sevens", "--eval-limit", "4", "--eval-rollout-gen-length", "8",
+              "--eval-rollout-block-length", "8", "--eval-rollout-steps", "8", "--threads", "1")
 
 
 def harness(mode: str, at: int, *args: str, processes: int = 1) -> subprocess.CompletedProcess:

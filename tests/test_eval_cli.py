@@ -22,7 +22,7 @@ def model_dir(tmp_path: Path) -> Path:
 
 def test_eval_writes_metrics_with_intervals_and_items(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "res"
-    args = ["eval", "--task", "sudoku", "--model", str(model_dir), "--eval-limit", str(LIMIT), "--threads", "1",
+    args = ["eval", "--tasks", "sudoku", "--model", str(model_dir), "--eval-limit", str(LIMIT), "--threads", "1",
             "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -39,10 +39,11 @@ def test_eval_writes_metrics_with_intervals_and_items(model_dir: Path, tmp_path:
 
 
 @pytest.mark.parametrize(("flags", "culprit"), [
-    (["--task", "nope"], "nope"),
-    (["--split", "dev"], "'dev'"),
-    (["--block-length", "5"], "block_length=5"),
-    (["--gen-length", "0"], "--gen-length"),
+    (["--tasks", "nope"], "nope"),
+    (["--eval-split", "dev"], "'dev'"),
+    (["--eval-rollout-block-length", "5"], "block_length=5"),
+    (["--eval-rollout-gen-length", "0"], "--eval-rollout-gen-length"),
+    (["--tasks", "sudoku,,countdown"], "--tasks"),
 ])
 def test_eval_bad_input_is_one_line(model_dir: Path, tmp_path: Path, flags: list[str], culprit: str) -> None:
     out = tmp_path / "res"
@@ -60,10 +61,24 @@ def test_offline_eval_without_data_is_one_line_naming_the_dataset_and_the_remedy
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "DLLM_HARNESS_DATA_DIR"}
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--task", "gsm8k", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--tasks", "gsm8k", "--out", str(tmp_path)],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: Hub dataset openai/gsm8k[main/test]: ") and "--data-dir DIR" in line
     assert "DIR/gsm8k/test.jsonl" in line and "Traceback" not in result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_and_compare_name_every_shared_setting_with_the_same_flag() -> None:
+    """One field, one flag: what `harness eval` takes is compare's settings, under compare's flags."""
+    import typer.main
+
+    def flags(name: str) -> set[str]:
+        command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+        return {o for p in command.params for o in getattr(p, "opts", ()) if o.startswith("--")}
+
+    shared = flags("eval") - {"--out", "--help"}
+    assert {"--tasks", "--model", "--eval-split", "--eval-limit", "--eval-rollout-gen-length",
+            "--eval-rollout-block-length", "--eval-rollout-steps", "--device", "--threads", "--data-dir"} <= shared
+    assert shared <= flags("compare")

@@ -34,7 +34,6 @@ LOCAL = Path("results/local")
 asked."""
 Threads = Annotated[int, typer.Option(help="torch CPU threads (set explicitly: oversubscription is slow).")]
 Model = Annotated[str, typer.Option(help="'tiny' (built-in, pretrained once) or a checkpoint folder.")]
-EvalLimit = Annotated[int, typer.Option(help="Evaluate on the first N test items (0 = all; for quick tries).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DataDir = Annotated[str | None, typer.Option(help="Local task data folder (else env DLLM_HARNESS_DATA_DIR, else Hub).")]
 
@@ -66,31 +65,33 @@ def _shown(value: Any) -> str:
 
 
 def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, Path], None], out: Path,
-                 doc: str) -> None:
-    """Register command ``name`` with one option per ``SweepSpec`` setting (defaults: ``recipe``), ``--set`` for the
-    objectives' own knobs and ``--out``; it calls ``run(spec, out)`` with the spec built (``run`` checks it, through
-    ``sweep.execute``, before anything runs)."""
+                 doc: str, keep: Callable[[Any], bool] | None = None) -> None:
+    """Register command ``name`` with one option per ``SweepSpec`` setting (defaults: ``recipe``; only those ``keep``
+    accepts, when given: then without ``--set``), ``--set`` for the objectives' own knobs and ``--out``; it calls
+    ``run(spec, out)`` with the spec built (``run`` checks it before anything runs). A setting has one flag whatever
+    the command."""
     from harness.runs.settings import apply_settings, get, spec_settings
     from harness.runs.sweep import with_objective_settings
 
-    settings = spec_settings(type(recipe))
+    settings = {k: s for k, s in spec_settings(type(recipe)).items() if keep is None or keep(s)}
     varied = dict(recipe.vary)
 
     def body(**values: Any) -> None:
         given = {key: value for key, value in values.items() if key in settings and value is not None}
         spec = apply_settings(recipe, given, "", flags=True)
-        run(with_objective_settings(spec, values["set_"] or []), values["out"])
+        run(with_objective_settings(spec, values.get("set_") or []), values["out"])
 
     params = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         str | None, typer.Option(s.flag, help=f"{s.help} [default: {_shown(varied.get(key, get(recipe, s.path)))}]",
                                  metavar=s.kind.__name__.upper() + ("[,...]" if s.is_list else ""),
                                  show_default=False)]) for key, s in settings.items()]
-    params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        list[str] | None, typer.Option("--set", help="An objective's own setting, OBJECTIVE.KEY=VALUE (e.g. "
-                                                       "bgpo.clip_eps=0.2, vrpo.elbo.estimator=t-iid); repeat.")]))
+    if keep is None:
+        params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            list[str] | None, typer.Option("--set", help="An objective's own setting, OBJECTIVE.KEY=VALUE (e.g. "
+                                                           "bgpo.clip_eps=0.2, vrpo.elbo.estimator=t-iid); repeat.")]))
     params.append(inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=out, annotation=Annotated[
         Path, typer.Option(help="Folder for records and tables; re-running into it resumes (finished runs are "
-                                "skipped).")]))
+                                "skipped)." if keep is None else "Folder for the records.")]))
     body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     body.__doc__ = doc
     body.__name__ = name
@@ -156,7 +157,6 @@ def progress_bars(runs: list) -> Iterator:  # noqa: ANN001
             progress.update(overall, advance=1)
 
 
-TaskName = Annotated[str, typer.Option(help="Task name (see `harness ls`).")]
 Split = Annotated[str, typer.Option(help="Task split: test (default), validation or train.")]
 
 

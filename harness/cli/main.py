@@ -21,16 +21,9 @@ from harness.cli.common import (
     LOCAL,
     USAGE_EXIT,
     DataDir,
-    Device,
-    EvalLimit,
-    Model,
     Out,
     Split,
-    TaskName,
-    Threads,
     _progress,
-    check_non_negative,
-    check_positive,
     command,
     console,
     fail,
@@ -38,8 +31,6 @@ from harness.cli.common import (
     spec_command,
 )
 from harness.cli.sweep import execute
-from harness.loop.evaluate import EvalConfig
-from harness.model.rollout import RolloutConfig
 from harness.runs.registry import lookup
 from harness.runs.sweep import RECIPES, SweepSpec
 from objectives import OBJECTIVES
@@ -67,54 +58,58 @@ spec_command(app, "compare", RECIPES["compare"], run_compare, LOCAL,
              into --out resumes: finished runs (records under --out/runs) are skipped.""")
 
 
-@command(app, "eval")
-def eval_model(
-    task: TaskName = "sudoku",
-    model: Model = "tiny",
-    split: Split = "test",
-    gen_length: Annotated[int, typer.Option(help="Completion length in tokens.")] = RolloutConfig.gen_length,
-    block_length: Annotated[int, typer.Option(help="Semi-autoregressive block length.")] = RolloutConfig.block_length,
-    diffusion_steps: Annotated[int, typer.Option(help="Denoising steps in all.")] = RolloutConfig.steps,
-    eval_limit: EvalLimit = 0,
-    out: Out = LOCAL,
-    data_dir: DataDir = None,
-    device: Device = "cpu",
-    threads: Threads = 2,
-) -> None:
-    """Greedy evaluation of a model on a task split: every metric with a 95% interval, per-item records in
-    OUT/eval/."""
+EVAL_SETTINGS = ("tasks", "model", "eval", "device", "threads", "data_dir", "policy.dtype", "policy.logits_chunk",
+                 "policy.trust_remote_code")
+"""The settings of the sweep spec that `harness eval` takes (a path or a path prefix), under compare's flags."""
+
+
+def evaluated(setting) -> bool:  # noqa: ANN001 - a settings.Setting
+    path = ".".join(setting.path)
+    return path != "eval.every" and any(path == p or path.startswith(p + ".") for p in EVAL_SETTINGS)
+
+
+def run_eval(spec: SweepSpec, out: Path) -> None:
+    """Greedy evaluation of ``spec.model`` on every task of ``spec.tasks`` under ``spec.eval`` (the evaluation protocol
+    of a run: the same decoding, split, limit and batch size give the run's accuracy)."""
     import torch
 
     from harness.loop.evaluate import evaluate
     from harness.model.device import process_device, process_state, resolve_device
+    from harness.model.policy import Policy
     from harness.runs.pipeline import resolve_model
     from harness.runs.records import environment, write_json_atomic
 
-    check_positive(gen_length=gen_length, block_length=block_length, diffusion_steps=diffusion_steps, threads=threads)
-    check_non_negative(eval_limit=eval_limit)
-    rollout = RolloutConfig(gen_length=gen_length, block_length=block_length, steps=diffusion_steps)
-    rollout.validate()
-    task_obj = lookup("task", task, TASKS)(data_dir=data_dir)
-    items = task_obj.load(split)
-    items = items[:eval_limit] if eval_limit else items
-    dev = process_device(resolve_device(device))
-    torch.set_num_threads(threads)
+    spec.eval.validate()
+    spec.policy.validate()
+    tasks = {name: lookup("task", name, TASKS)(data_dir=spec.data_dir) for name in spec.tasks}
+    items = {name: task.load(spec.eval.split) for name, task in tasks.items()}
+    items = {name: rows[:spec.eval.limit] if spec.eval.limit else rows for name, rows in items.items()}
+    dev = process_device(resolve_device(spec.device))
+    torch.set_num_threads(spec.threads)
     with console.status("preparing the model"):
-        model_path = resolve_model(model, data_dir=data_dir)
-    from harness.model.policy import Policy
+        model_path = resolve_model(spec.model, data_dir=spec.data_dir)
+        policy = Policy.from_pretrained(model_path, device=dev, config=spec.policy)
+    label = "tiny" if spec.model == "tiny" else Path(spec.model).name
+    for name, task in tasks.items():
+        with console.status(f"decoding {len(items[name])} {name} {spec.eval.split} items"):
+            result = evaluate(policy, task, items[name], spec.eval.rollout, spec.eval.batch_size)
+        if not process_state(dev).is_main_process:  # every process decoded its share; one writes
+            continue
+        path = out / "eval" / f"{name}-{spec.eval.split}-{label}.json"
+        write_json_atomic(path, {"task": name, "task_version": task.version, "split": spec.eval.split,
+                                 "model": spec.model, "model_path": str(model_path),
+                                 "decoding": dataclasses.asdict(spec.eval.rollout), "metrics": result.summary(),
+                                 "items": result.items, **environment(dev)})
+        console.print(metrics_table(f"{name} {spec.eval.split}, {label} model, greedy, {len(items[name])} items",
+                                    result.metrics))
+        console.print(f"per-item records: {path}")
 
-    with console.status(f"decoding {len(items)} {task} {split} items"):
-        result = evaluate(Policy.from_pretrained(model_path, device=dev), task_obj, items, rollout,
-                          EvalConfig.batch_size)
-    if not process_state(dev).is_main_process:  # every process decoded its share; one writes
-        return
-    name = "tiny" if model == "tiny" else Path(model).name
-    path = out / "eval" / f"{task}-{split}-{name}.json"
-    write_json_atomic(path, {"task": task, "task_version": task_obj.version, "split": split, "model": model,
-                             "model_path": str(model_path), "decoding": dataclasses.asdict(rollout),
-                             "metrics": result.summary(), "items": result.items, **environment(dev)})
-    console.print(metrics_table(f"{task} {split}, {name} model, greedy, {len(items)} items", result.metrics))
-    console.print(f"per-item records: {path}")
+
+spec_command(app, "eval", RECIPES["compare"], run_eval, LOCAL,
+             """Greedy evaluation of a model (a checkpoint folder, an exported policy, 'tiny') on task splits: every
+             metric with a 95% interval, per-item records in OUT/eval/. Its settings are compare's, under the same
+             flags, so a run's evaluation protocol is repeated by passing the same --eval-* values.""",
+             keep=evaluated)
 
 
 @command(app)

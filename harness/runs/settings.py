@@ -167,6 +167,8 @@ def parse_values(setting: Setting, raw: Any, where: str) -> tuple[Any, ...]:
     setting that is not a list: a path may hold commas)."""
     if isinstance(raw, str):
         items = [part.strip() for part in raw.split(",")] if setting.is_list or setting.kind is not str else [raw]
+        if len(items) > 1 and not all(items):  # '4,,16' or '4,': a typo, never a value
+            raise ValueError(f"{where}: {raw!r} has an empty item")
         items = [part for part in items if part] if setting.is_list else items
     else:
         items = list(raw) if isinstance(raw, list | tuple) else [raw]
