@@ -1,7 +1,7 @@
 """Commands over sweeps and their results: `harness sweep`, `harness leaderboard`, `harness check`.
 
-`harness compare` (in cli.py) builds a ``SweepSpec`` from its flags and runs it through ``execute`` below, like
-`harness sweep FILE.toml` does from a file, so both resume, record failures and write the same files.
+`harness compare` (harness/cli/main.py) builds a ``SweepSpec`` from its flags and runs it through ``execute`` below,
+like `harness sweep FILE.toml` does from a file, so both resume, record failures and write the same files.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def _split_snapshot(snapshot: dict[Any, dict[Any, int]], device: torch.device) -
         return MemorySplit(params=0, grads=0, optimizer=0, activations=0, total=0)  # nothing alive on device
     missing = [key for key in _REQUIRED_KEYS if key not in bytes_by_name]
     if missing:
-        raise RuntimeError(f"torch's MemTracker no longer reports {missing}; update harness/measure.py")
+        raise RuntimeError(f"torch's MemTracker no longer reports {missing}; update harness/loop/measure.py")
     params = sum(bytes_by_name[key] for key in _PARAM_CATEGORIES)
     grads, optimizer = bytes_by_name[_GRAD_CATEGORY], bytes_by_name[_OPTIMIZER_CATEGORY]
     total = bytes_by_name[_TOTAL_KEY]

@@ -89,7 +89,7 @@ SAMPLING_DTYPE = torch.float64
 
 
 class SamplingPolicy(Protocol):
-    """What the sampler needs from a policy (``harness.policy.Policy`` satisfies it)."""
+    """What the sampler needs from a policy (``harness.model.policy.Policy`` satisfies it)."""
 
     mask_id: int
     eos_id: int

@@ -14,8 +14,8 @@ is scored (`NoMatch`). A row missing ``completion`` or not an object is a data e
 Several rows for one item are all scored (pass@1 averaged over samples).
 
 Each completion is cut at its first end-of-sequence text (`DEFAULT_EOS`, or the caller's) before scoring, as the
-harness's own evaluation drops every token after the first EOS (`harness/rollout.py::first_eos_mask`): what a model
-writes after its end token is not part of its answer.
+harness's own evaluation drops every token after the first EOS (`harness/model/rollout.py::first_eos_mask`): what a
+model writes after its end token is not part of its answer.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ COMPLETION_KEY = "completion"
 TASK_KEY = "task"
 DEFAULT_EOS: tuple[str, ...] = ("<|eot_id|>", "<|endoftext|>", "<|im_end|>", "<|eos|>")
 """End-of-sequence texts a completion is cut at, the first one found: LLaDA's `<|eot_id|>` and `<|endoftext|>`,
-Dream's `<|im_end|>` and `<|endoftext|>`, and the built-in tiny model's `<|eos|>` (`harness/tiny.py`,
+Dream's `<|im_end|>` and `<|endoftext|>`, and the built-in tiny model's `<|eos|>` (`harness/model/tiny.py`,
 `SPECIAL_TOKENS["eos"]`). Text from other models names its own with `harness score --eos`."""
 
 
