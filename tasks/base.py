@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 
@@ -31,27 +32,37 @@ class Item:
 
 
 class Task(Protocol):
-    """What the trainer and the evaluator need from a task; the chat template is applied by the policy."""
+    """Everything the harness needs from a task: adding one is a class with these members, its line in `tasks.TASKS`
+    and its hand-counted samples (README "Adding a task"); `tests/test_task_data.py` checks every registered task
+    against these members and their signatures. The chat template is applied by the policy, not here."""
 
     name: ClassVar[str]
-    """Registry key in `tasks.TASKS`."""
+    """Registry key in `tasks.TASKS`; run records, sample files and `--tasks` name the task by it."""
     version: ClassVar[str]
-    """Bumped whenever the prompt, reward or extraction changes, so records from different versions never mix."""
+    """In every run's fingerprint: bumped when prompt, reward or extraction change, so records never mix versions."""
     metric: ClassVar[str]
-    """The headline key of the dict `score` returns."""
+    """The headline key of the dict `score` returns, which tables, figures and the gate report."""
+
+    def __init__(self, data_dir: str | Path | None = None) -> None:
+        """Commands build tasks as `TASKS[name](data_dir=...)` (None: Hub or package data); more args need defaults."""
+        ...
 
     def load(self, split: str) -> Sequence[Item]:
-        """Items of a split ('train', 'validation', 'test'); an unknown split raises ValueError naming it."""
+        """Items of a split ('train' feeds rollouts, 'test' evaluation); an unknown split is a ValueError naming it."""
         ...
 
     def prompt(self, item: Item) -> list[dict[str, str]]:
-        """Chat messages ({'role': ..., 'content': ...}) for the item."""
+        """Chat messages ({'role': ..., 'content': ...}) that the policy templates and the rollout completes."""
         ...
 
     def reward(self, item: Item, completion: str) -> float:
-        """Scalar reward of one completion, used in RL."""
+        """Scalar reward of one completion, which the RL step turns into group advantages."""
         ...
 
     def score(self, item: Item, completion: str) -> dict[str, float]:
-        """Evaluation metrics of one completion; contains the `metric` key."""
+        """Metrics of one completion, `metric` among them; evaluation averages each over items with an interval."""
+        ...
+
+    def gold(self, item: Item) -> str:
+        """A completion scoring 1.0 on `metric`; tests score every item's gold, so prompt format and scoring agree."""
         ...

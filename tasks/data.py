@@ -1,7 +1,8 @@
 """Where task data comes from: inside the package, the Hugging Face Hub, or a local folder on request.
 
 d1's two small test sets (Sudoku 4x4, Countdown; Apache-2.0) ship as package data (`tasks/packaged/`, with their
-licence and provenance), so the embedded default runs with no network and nothing beside the clone. The large
+licence and provenance), so the embedded default runs with no network and nothing beside the clone; which tasks ship
+data is read from that folder's task folders (`packaged_tasks`), never listed by hand. The large
 evaluation sets (GSM8K, MATH500, HumanEval, MBPP) load from the Hub the way users load them, through `datasets`.
 A local folder laid out as `<dir>/<task>/<file>` (the flag `--data-dir` or the env var `DLLM_HARNESS_DATA_DIR`)
 replaces both; tests and CI point it at `../shared/data`. An unreachable Hub is one line naming the dataset and
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 DATA_DIR_ENV = "DLLM_HARNESS_DATA_DIR"
+PACKAGED = "packaged"
+"""The package folder of shipped data (`tasks/packaged/`); each task folder in it makes a task packaged."""
 HEADER_LINE = 1
 """CSV files carry their header on line 1; the first row is line 2."""
 
@@ -169,8 +172,20 @@ def task_rows(data_dir: Path | None, source: HubSplit, required: Sequence[str],
     return read_jsonl_rows(data_dir / source.local_file, required, check)
 
 
+def packaged_root() -> Path:
+    """The data shipped inside the package, `tasks/packaged/`, laid out like a local data folder (`<task>/<file>`)."""
+    return Path(str(resources.files("tasks").joinpath(PACKAGED)))
+
+
+def packaged_tasks() -> frozenset[str]:
+    """The tasks whose test data ship in the package: the `<task>` folders of `tasks/packaged/`, derived rather than
+    listed, so shipping a task's data is adding its folder. They run on a bare clone; the others need the Hub or a
+    local data folder."""
+    return frozenset(p.name for p in packaged_root().iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
 def packaged_file(relative: str | Path) -> Path:
     """A data file shipped inside the package (`tasks/packaged/<task>/<file>`, see its README for provenance)."""
-    path = Path(str(resources.files("tasks").joinpath("packaged", str(relative))))
+    path = packaged_root() / relative
     _require_file(path)
     return path

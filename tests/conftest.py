@@ -1,5 +1,7 @@
-"""Shared fixtures: a float64 tiny policy built in-process, fake scored batches, the local data override, and the
-rule for tests that need what a bare clone cannot have.
+"""Shared fixtures: a float64 tiny policy built in-process, fake scored batches, the local data override, the rule
+for tests that need what a bare clone cannot have, and what several test modules share (test modules never import
+each other): the one loop over an update's loss terms (``loss_and_gradients``, as the trainer runs it), hand-made
+batches for the fixed-number mock policy, and the command-line runners.
 
 A bare clone runs every test that needs nothing beyond it (Sudoku and Countdown read the package's own data). Tests
 that need the large evaluation sets carry `@pytest.mark.needs_data` and skip, with the remedy as the reason, when no
@@ -10,18 +12,23 @@ of them run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
 
+from tasks.data import packaged_root, packaged_tasks
+
 NO_SKIP_ENV = "DLLM_HARNESS_NO_SKIP"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-PACKAGED_TASKS = frozenset({"sudoku", "countdown"})
+PACKAGED_TASKS = packaged_tasks()
 """Tasks whose test data ships in the package (tasks/packaged/); the others need the large evaluation sets."""
 LARGE_SETS = ("gsm8k/test.jsonl", "math500/test.jsonl", "humaneval/HumanEval.jsonl.gz", "mbpp/mbpp.jsonl")
 """What `needs_data` tests read from the data folder (the README of ../shared/data lists them)."""
@@ -36,7 +43,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 torch.set_num_threads(1)
 
 
-PACKAGED_DATA = Path(__file__).resolve().parents[1] / "tasks" / "packaged"
+PACKAGED_DATA = packaged_root()
 """The package's own Sudoku and Countdown files, laid out like a data folder (usable as `data_dir`)."""
 
 
@@ -157,6 +164,106 @@ def policy64():
     return make_policy()
 
 
+# ---- one update's loss terms, as the trainer takes them --------------------------------------------------------------
+def loss_and_gradients(objective, policy, prepared,  # noqa: ANN001
+                       inner: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Update ``inner`` of a prepared batch as harness/loop/trainer.py::update takes it: backward on each loss term as
+    it comes (one term's graph alive at a time), the loss the sum of the terms' values. Gradients start from none.
+
+    Returns (the summed loss, a float64 scalar; {parameter name: its gradient} for each parameter of
+    ``policy.model`` the terms gave one, as the optimizer sees them). ``flat_gradient`` lines them up as one vector.
+    """
+    policy.model.zero_grad(set_to_none=True)
+    total = torch.zeros((), dtype=torch.float64)
+    for term in objective.loss_terms(policy, prepared, inner):
+        assert term.loss.dim() == 0, f"{objective.name}: a loss term is a scalar, got shape {tuple(term.loss.shape)}"
+        term.loss.backward()
+        total = total + term.loss.detach()
+    grads = {name: p.grad.detach().clone() for name, p in policy.model.named_parameters() if p.grad is not None}
+    return total, grads
+
+
+def flat_gradient(policy, grads: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ANN001
+    """``grads`` as one vector in the order of ``policy.model``'s parameters, zeros where a parameter got none, so two
+    updates' vectors line up element for element even when one leaves a parameter without a gradient."""
+    return torch.cat([grads.get(name, torch.zeros_like(p)).flatten() for name, p in policy.model.named_parameters()])
+
+
+def loss_value(objective, policy, prepared, inner: int) -> float:  # noqa: ANN001
+    """The summed value of update ``inner``'s loss terms, without backward (for the fixed-number mock policies, which
+    have no parameters, and for values read between updates)."""
+    return sum(float(term.loss.detach()) for term in objective.loss_terms(policy, prepared, inner))
+
+
+def perturb(policy, scale: float = 0.05, seed: int = 0) -> None:  # noqa: ANN001
+    """Move every parameter by ``scale`` times seeded Gaussian noise: the "current policy" leaves the old one."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def assert_flat_equals_all_graphs(build, seed: int, scale: float) -> None:  # noqa: ANN001
+    """Update 1 of a mu = 2 batch after a perturbation of ``scale``: the objective ``build(flat)`` with flat=True (one
+    draw's graph at a time) and flat=False (all graphs in one term) give the same value and gradient in float64."""
+    results = []
+    for flat in (True, False):
+        policy = make_policy(hidden=16, layers=2, seed=seed)
+        objective = build(flat)
+        if objective.needs_reference:
+            policy.snapshot_reference()
+        prepared = objective.prepare(policy, make_batch(policy, seed=seed), mu=2)
+        loss_and_gradients(objective, policy, prepared, inner=0)
+        perturb(policy, scale, seed=seed)
+        loss, grads = loss_and_gradients(objective, policy, prepared, inner=1)
+        results.append((loss, flat_gradient(policy, grads)))
+    (v_flat, g_flat), (v_all, g_all) = results
+    assert float(v_flat) == pytest.approx(float(v_all), rel=1e-12)
+    assert g_all.norm() > 1e-6
+    assert float((g_flat - g_all).norm() / g_all.norm()) < 1e-10
+
+
+def hand_batch(advantages: list[float], lengths: list[int], width: int = 8):  # noqa: ANN201
+    """Four sequences with the given answer lengths (completion_mask) and advantages, for ``FixedLogprobPolicy``."""
+    batch = make_batch(FixedLogprobPolicy(torch.zeros(1)), n_prompts=1, group=4, gen=width, seed=0)
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # [4, L]
+    rollout = dataclasses.replace(batch.rollout, completion_mask=mask)
+    return dataclasses.replace(batch, rollout=rollout, advantages=torch.tensor(advantages, dtype=torch.float64))
+
+
+def per_row(values: list[float], width: int = 8) -> torch.Tensor:
+    """One fixed log-probability per sequence, repeated over its ``width`` positions: [4, L]."""
+    return torch.tensor(values, dtype=torch.float64).unsqueeze(1).expand(4, width).clone()
+
+
+# ---- the command line ------------------------------------------------------------------------------------------------
+CLI_TIMEOUT_S = 300
+"""A `python -m harness.cli` subprocess still running after this is hung: the test fails saying so."""
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``python -m harness.cli ARGS`` as a real subprocess (the environment conftest set up is inherited)."""
+    try:
+        return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                              env=dict(os.environ), cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`harness {' '.join(args)}` did not finish within {timeout:.0f} s (hung)")
+
+
+def run_main(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess:
+    """The console script's entry point (``main``: the same parser and error handling), run in-process: a new
+    interpreter per case would spend 2-3 s importing torch for each of them."""
+    from harness.cli.main import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["harness", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exited.value.code, captured.out, captured.err)
+
+
 def save_model(folder: Path) -> Path:
     """A 1-layer float32 random policy saved as a Hugging Face folder, for end-to-end CLI tests (`--model`)."""
     policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
@@ -190,6 +297,9 @@ class SevensTask:
 
     def score(self, item, completion: str) -> dict[str, float]:  # noqa: ANN001
         return {"reward": self.reward(item, completion)}
+
+    def gold(self, item) -> str:  # noqa: ANN001
+        return self.target * 8
 
 
 # ---- model folders of the real families ------------------------------------------------------------------------------

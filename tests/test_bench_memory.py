@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 
 import harness.runs.budget as budget
 from harness.bench.memory import bench_inputs, chunk_ratios, growth_ratios, memory_markdown, memory_rows
@@ -62,10 +63,9 @@ def test_an_out_of_memory_is_a_result_and_ends_that_objective(monkeypatch: pytes
     assert "| bgpo | 4 | 1024 | oom | - |" in memory_markdown(result)
 
 
+@pytest.mark.slow
 def test_the_command_writes_its_table_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from test_cli import run_main
-
     result = run_main("bench", "memory", "--model", "llama-tiny", "--objectives", "bgpo", "--nt", "1,2",
                        "--prompt-length", "4", "--gen-length", "8", "--logits-chunk", "0,4", "--out",
                        str(tmp_path), cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)

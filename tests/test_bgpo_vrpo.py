@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_batch, make_policy
+from conftest import flat_gradient, loss_and_gradients, loss_value, make_batch, make_policy, perturb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,13 +20,9 @@ from objectives.vrpo_exact import VRPOExact
 
 
 def value_and_grad(policy, objective, prepared, inner: int) -> tuple[float, torch.Tensor]:
-    policy.model.zero_grad(set_to_none=True)
-    total = 0.0
-    for term in objective.loss_terms(policy, prepared, inner):
-        term.loss.backward()
-        total += float(term.loss.detach())
-    grad = torch.cat([p.grad.flatten() for p in policy.model.parameters() if p.grad is not None])
-    return total, grad
+    """(summed loss, flat gradient with zeros where a parameter got none) of one update, as the trainer runs it."""
+    loss, grads = loss_and_gradients(objective, policy, prepared, inner)
+    return float(loss), flat_gradient(policy, grads)
 
 
 def tiny_architecture_policy():
@@ -82,13 +78,6 @@ def test_lower_bound_branch_never_yields_nan_gradients_for_huge_d() -> None:
     assert d.grad.tolist() == pytest.approx([1.0, -torch.exp(torch.tensor(-5.0)).item()])
 
 
-def _perturb(policy, scale: float, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
-
 def _fill_old_terms(policy, objective, prepared) -> None:
     with torch.no_grad():
         for _ in objective.loss_terms(policy, prepared, inner=0):
@@ -97,7 +86,7 @@ def _fill_old_terms(policy, objective, prepared) -> None:
 
 def _off_policy_value(policy, objective, prepared) -> float:
     with torch.no_grad():
-        return sum(float(t.loss) for t in objective.loss_terms(policy, prepared, inner=1))
+        return loss_value(objective, policy, prepared, inner=1)
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
@@ -116,7 +105,7 @@ def test_bgpo_is_a_lower_bound_of_vrpo_off_policy(advantages: list[float], scale
     prepared = [(obj, obj.prepare(policy, batch, mu=2)) for obj in (bgpo, vrpo)]
     for obj, prep in prepared:
         _fill_old_terms(policy, obj, prep)
-    _perturb(policy, scale, seed)
+    perturb(policy, scale, seed)
     # Loss = -objective, so "bound <= objective" reads "BGPO loss >= VRPO-OL loss".
     loss_b = _off_policy_value(policy, bgpo, prepared[0][1])
     loss_v = _off_policy_value(policy, vrpo, prepared[1][1])
@@ -139,7 +128,7 @@ def test_vrpo_exact_has_vrpo_ols_value_and_gradient_off_policy(clip_eps: float |
     prepared = [obj.prepare(policy, batch, mu=2) for obj in objectives]
     for obj, prep in zip(objectives, prepared, strict=True):
         _fill_old_terms(policy, obj, prep)
-    _perturb(policy, 0.05, seed=1)
+    perturb(policy, 0.05, seed=1)
     (v_vrpo, g_vrpo), (v_exact, g_exact), (_, g_bgpo) = (value_and_grad(policy, obj, prep, inner=1)
                                                           for obj, prep in zip(objectives, prepared, strict=True))
     ratios = [float(t.stats["ratio/mean"]) for t in objectives[0].loss_terms(policy, prepared[0], inner=1)]

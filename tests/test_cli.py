@@ -7,26 +7,14 @@ The environment is inherited (conftest sets HF_HUB_OFFLINE, the local data dir a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_policy
+from conftest import make_policy, run_cli, run_main
 
-from harness.cli.main import main
 from harness.runs.records import RunRecord, read_record
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                            env=dict(os.environ), cwd=cwd, timeout=timeout)
-    return result, time.perf_counter() - started
-
 
 # (args, substrings the one error line must contain: the culprit value and/or flag)
 BAD_INPUT = [
@@ -80,18 +68,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, culprits: list[st
     assert not out.exists(), f"bad input wrote under --out: {list(out.rglob('*'))}"
 
 
-def run_main(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess:
-    """The console script's entry point (``main``: the same parser and error handling), run in-process: a new
-    interpreter per case would spend 2-3 s importing torch for each of them."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, exited.value.code, captured.out, captured.err)
-
-
 @pytest.mark.parametrize(("args", "culprits"), BAD_INPUT)
 def test_bad_input_exits_with_one_line_naming_the_culprit(args: list[str], culprits: list[str], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
@@ -103,13 +79,13 @@ def test_bad_input_exits_with_one_line_naming_the_culprit(args: list[str], culpr
 
 
 def test_bad_input_through_the_real_console_script_is_one_line_too(tmp_path: Path) -> None:
-    result, _ = run_cli("compare", "--nt", "0", "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=60)
+    result = run_cli("compare", "--nt", "0", "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     assert_one_line_error(result, ["--nt", "'0'"], tmp_path / "out")
 
 
 def test_ls_lists_objectives_and_tasks(tmp_path: Path) -> None:
-    result, _ = run_cli("ls", cwd=tmp_path, timeout=60)
+    result = run_cli("ls", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     for name in ("bgpo", "vrpo", "diffu-grpo", "sudoku"):
         assert name in result.stdout
@@ -128,10 +104,9 @@ def test_compare_smoke_writes_complete_records(tmp_path: Path) -> None:
     policy.save(model_dir)
     out = tmp_path / "res"
 
-    result, elapsed = run_cli("compare", "--model", str(model_dir), "--objectives", "bgpo,vrpo,diffu-grpo",
+    result = run_cli("compare", "--model", str(model_dir), "--objectives", "bgpo,vrpo,diffu-grpo",
                               "--nt", "2", "--steps", "2", "--mu", "2", "--eval-limit", str(EVAL_LIMIT),
                               "--out", str(out), "--threads", "1", cwd=tmp_path, timeout=300)
-    print(f"compare smoke test: {elapsed:.1f}s")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     for name in ("bgpo", "vrpo", "diffu-grpo"):

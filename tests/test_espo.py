@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FixedLogprobPolicy
-from test_gdpo import hand_batch, loss, per_row
-from test_objectives_contract import assert_flat_equals_all_graphs
+from conftest import FixedLogprobPolicy, assert_flat_equals_all_graphs, hand_batch, loss_value, per_row
 
 from harness.loop.advantages import group_advantages
 from objectives.espo import ESPO, ESPOConfig
@@ -36,7 +34,7 @@ def test_value_by_hand_on_and_off_policy() -> None:
     policy = FixedLogprobPolicy(per_row([-1.0, -2.0, -0.5, -3.0]), ref=per_row([-1.1, -2.0, -0.4, -2.5]))
     objective = ESPO(ESPOConfig(beta=0.01))
     prepared = objective.prepare(policy, batch, 2)
-    assert loss(objective, policy, prepared, 0) == pytest.approx(0.0027, abs=1e-15)
+    assert loss_value(objective, policy, prepared, 0) == pytest.approx(0.0027, abs=1e-15)
     # Update 1 after c rises by delta = [0.1, 0.3, -0.1, 0.05]: rho = e^delta = [1.105, 1.350, 0.905, 1.051]; clip 0.2:
     # A = 1 takes min(1.105, 1.105) = 1.105; A = -1: min(-1.350, -1.2) = -1.350; A = 0.5: min(0.452, 0.452) = 0.452;
     # A = -0.5: min(-0.526, -0.526) = -0.526. KL with c + delta - ref = [0.2, 0.3, -0.2, -0.45]:
@@ -49,7 +47,7 @@ def test_value_by_hand_on_and_off_policy() -> None:
     kl = 4 * torch.tensor([0.04, 0.09, 0.04, 0.2025], dtype=torch.float64)
     expected = float(-surrogate.mean() + 0.01 * kl.mean())
     assert surrogate.tolist() == pytest.approx([1.1051709, -1.3498588, 0.4524187, -0.5256355], abs=1e-7)
-    assert loss(objective, policy, prepared, 1) == pytest.approx(expected, abs=1e-14)
+    assert loss_value(objective, policy, prepared, 1) == pytest.approx(expected, abs=1e-14)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.05])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LLADA_TINY, dream_folder, llada_folder, make_batch
+from conftest import LLADA_TINY, dream_folder, llada_folder, loss_and_gradients, make_batch, run_cli
 from safetensors.torch import load_file
 
 from harness.model.elbo import ElboConfig, draw_terms, sample_draws
@@ -59,15 +59,13 @@ def test_llada_loads_in_bfloat16_and_still_returns_float32_logits(tmp_path: Path
 
 @pytest.mark.slow
 def test_compare_trains_and_evaluates_the_llada_layout_checkpoint(tmp_path: Path) -> None:
-    from test_cli import run_cli
-
     from harness.runs.records import read_record
 
     folder = llada_folder(tmp_path)
     out = tmp_path / "res"
-    result, _ = run_cli("compare", "--model", str(folder), "--objectives", "bgpo,diffu-grpo", "--nt", "2", "--steps",
-                        "2", "--eval-limit", "4", "--lora-r", "4", "--gradient-checkpointing", "true", "--out",
-                        str(out), "--threads", "1", cwd=tmp_path, timeout=300)
+    result = run_cli("compare", "--model", str(folder), "--objectives", "bgpo,diffu-grpo", "--nt", "2", "--steps",
+                     "2", "--eval-limit", "4", "--lora-r", "4", "--gradient-checkpointing", "true", "--out",
+                     str(out), "--threads", "1", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     records = [read_record(path) for path in sorted((out / "runs").glob("*.json"))]
     assert sorted(r.objective for r in records) == ["bgpo", "diffu-grpo"]
@@ -183,14 +181,7 @@ def update_gradients(policy: Policy, name: str = "bgpo") -> tuple[torch.Tensor, 
     objective = OBJECTIVES[name](dataclasses.replace(objective.config, n_t=2))
     # Advantages of one sign: a group-centred batch gives an on-policy loss of exactly 0, which would compare nothing.
     batch = make_batch(policy, seed=7, advantages=torch.linspace(0.1, 1.0, 12, dtype=torch.float64))
-    prepared = objective.prepare(policy, batch, mu=1)
-    policy.model.zero_grad(set_to_none=True)
-    total = torch.zeros((), dtype=torch.float64)
-    for term in objective.loss_terms(policy, prepared, 0):
-        term.loss.backward()
-        total = total + term.loss.detach().double()
-    grads = {n: p.grad.detach().clone() for n, p in policy.model.named_parameters() if p.grad is not None}
-    return total, grads
+    return loss_and_gradients(objective, policy, objective.prepare(policy, batch, mu=1), 0)
 
 
 def test_lora_trains_only_the_adapters_and_its_reference_is_the_base_model() -> None:

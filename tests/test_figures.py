@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate
@@ -99,8 +100,6 @@ def test_gradstats_figure_carries_the_std_and_bias_rows(figures: Path) -> None:
 
 def test_the_command_reads_a_results_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from test_cli import run_main
-
     for record in RECORDS:
         write_record(tmp_path / "res" / "runs" / f"{record.run_id}.json", record)
     (tmp_path / "res" / "gradstats").mkdir()

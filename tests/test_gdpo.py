@@ -5,31 +5,13 @@ model. The quadrature itself is tested in tests/test_estimators.py.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
-from conftest import FixedLogprobPolicy, make_batch
-from test_objectives_contract import assert_flat_equals_all_graphs
+from conftest import FixedLogprobPolicy, assert_flat_equals_all_graphs, hand_batch, loss_value, per_row
 
 from objectives.gdpo import GDPO, GDPOConfig
-
-
-def hand_batch(advantages: list[float], lengths: list[int], width: int = 8):
-    """Four sequences with the given answer lengths (completion_mask) and advantages."""
-    batch = make_batch(FixedLogprobPolicy(torch.zeros(1)), n_prompts=1, group=4, gen=width, seed=0)
-    mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # [4, L]
-    rollout = dataclasses.replace(batch.rollout, completion_mask=mask)
-    return dataclasses.replace(batch, rollout=rollout, advantages=torch.tensor(advantages, dtype=torch.float64))
-
-
-def per_row(values: list[float], width: int = 8) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64).unsqueeze(1).expand(4, width).clone()
-
-
-def loss(objective, policy, prepared, inner: int) -> float:
-    return sum(float(t.loss.detach()) for t in objective.loss_terms(policy, prepared, inner))
 
 
 def test_on_policy_value_is_minus_the_mean_of_a_over_the_answer_length() -> None:
@@ -39,7 +21,7 @@ def test_on_policy_value_is_minus_the_mean_of_a_over_the_answer_length() -> None
     policy = FixedLogprobPolicy(per_row([-1.0, -2.0, -0.5, -3.0]))
     for flat in (True, False):
         objective = GDPO(GDPOConfig(flat=flat))
-        assert loss(objective, policy, objective.prepare(policy, batch, 2), 0) == pytest.approx(
+        assert loss_value(objective, policy, objective.prepare(policy, batch, 2), 0) == pytest.approx(
             -(1 / 3 - 1 / 5 + 1 / 4 - 0.0625) / 4, abs=1e-15)
 
 
@@ -55,7 +37,7 @@ def test_off_policy_value_by_hand_in_both_ratio_forms() -> None:
         policy = FixedLogprobPolicy(per_row([-1.0, -2.0, -0.5, -3.0]))
         objective = GDPO(GDPOConfig(ratio_length_norm=length_norm))
         prepared = objective.prepare(policy, batch, 2)
-        loss(objective, policy, prepared, 0)
+        loss_value(objective, policy, prepared, 0)
         policy.c = policy.c + delta.unsqueeze(1)
         draws = prepared.draws
         v, t = (torch.tensor([5 / 18, 8 / 18, 5 / 18], dtype=torch.float64),
@@ -66,7 +48,7 @@ def test_off_policy_value_by_hand_in_both_ratio_forms() -> None:
         adv = batch.advantages
         surrogate = torch.minimum(torch.exp(m) * adv, torch.exp(m).clamp(0.5, 1.5) * adv)
         expected = -float((surrogate / (1 if length_norm else lengths)).sum() / 4)
-        assert loss(objective, policy, prepared, 1) == pytest.approx(expected, abs=1e-14)
+        assert loss_value(objective, policy, prepared, 1) == pytest.approx(expected, abs=1e-14)
         if not length_norm:  # the case is built so the paper's form clips (row 3: e^{-0.3 S}) and NeMo's does not
             assert float(torch.exp(m).min()) < 0.5 or float(torch.exp(m).max()) > 1.5
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import harness.loop.measure as measure
 from harness.loop.measure import BYTES_PER_MB, MemorySplit, Meter, MeterReading, tensor_bytes, track_peak_memory
 
 VOCAB = 64
@@ -189,7 +190,9 @@ def test_keeping_all_draw_graphs_alive_costs_over_three_times_the_activations() 
     assert joint.params == sequential.params
 
 
-def test_tracker_overhead_is_reported() -> None:
+def test_every_step_reports_its_phase_times_and_only_tracked_steps_a_peak_split() -> None:
+    # How much slower a tracked step runs (module docstring, departure 3) is a speed, not a promise: not asserted
+    # here. What the trainer relies on is asserted: phase times of both kinds of step, a peak only when tracked.
     model = tiny_llama()
     optimizer = torch.optim.AdamW(model.parameters())
 
@@ -207,8 +210,8 @@ def test_tracker_overhead_is_reported() -> None:
         assert set(reading.times_s) == {"rollout", "update"}
         assert all(math.isfinite(t) and t > 0 for t in reading.times_s.values()), reading.times_s
         assert sum(reading.times_s.values()) <= wall  # the phases ran inside the step timed around them
-        metrics = reading.to_metrics()
-        assert {name: metrics[f"time/{name}_s"] for name in reading.times_s} == reading.times_s
+        memory = reading.peak.to_mb() if reading.peak is not None else {}
+        assert reading.to_metrics() == {**{f"time/{name}_s": t for name, t in reading.times_s.items()}, **memory}
     assert all(reading.peak is None for _, reading in untracked)
     peaks = [reading.peak for _, reading in tracked_steps]
     assert all(peak is not None for peak in peaks)
@@ -217,28 +220,36 @@ def test_tracker_overhead_is_reported() -> None:
         assert_parts_add_up(peak)
         assert peak.params == param_bytes(model) + tensor_bytes(model.buffers())
         assert peak.grads > 0 and peak.optimizer > 0 and peak.activations > 0
-    plain = sorted(wall for wall, _ in untracked)[1]
-    tracked = sorted(wall for wall, _ in tracked_steps)[1]
-    overhead = tracked / plain
-    assert plain > 0 and tracked > 0 and math.isfinite(overhead) and overhead > 0
-    print(f"\nstep time: untracked {plain * 1e3:.1f} ms, tracked {tracked * 1e3:.1f} ms ({overhead:.1f}x)")
+    params_mb = (param_bytes(model) + tensor_bytes(model.buffers())) / BYTES_PER_MB
+    assert tracked_steps[0][1].to_metrics()["mem/peak_params_mb"] == params_mb
 
 
-def test_meter_sums_reentered_phases_and_resets_after_read() -> None:
+class TickingClock:
+    """A stand-in for ``time`` in harness/loop/measure.py: each ``perf_counter()`` call is ``tick`` seconds after the
+    previous one, so a phase entered and left at once lasts exactly one tick."""
+
+    def __init__(self, tick: float) -> None:
+        self.tick, self.now = tick, 0.0
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_meter_sums_reentered_phases_and_resets_after_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(measure, "time", TickingClock(0.25))  # a power of two: the sums below are exact
     meter = Meter()
-    pause = 0.01
     for _ in range(2):
         with meter.phase("reward"):
-            time.sleep(pause)
+            pass
     with meter.phase("update"):
         pass
     reading = meter.read()
-    assert set(reading.times_s) == {"reward", "update"}
-    assert reading.times_s["reward"] >= 2 * pause
+    assert reading.times_s == {"reward": 0.5, "update": 0.25}  # entered twice: 2 ticks; once: 1 tick
     assert reading.peak is None
     with meter.phase("rollout"):
         pass
-    assert set(meter.read().times_s) == {"rollout"}
+    assert meter.read().times_s == {"rollout": 0.25}  # the read reset the step: "reward" and "update" are gone
     assert meter.read() == MeterReading(times_s={}, peak=None)
 
 

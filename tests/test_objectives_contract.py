@@ -14,7 +14,7 @@ import pkgutil
 
 import pytest
 import torch
-from conftest import make_batch, make_policy
+from conftest import flat_gradient, loss_and_gradients, loss_value, make_batch, make_policy, perturb
 
 import objectives
 from objectives import OBJECTIVES
@@ -40,45 +40,12 @@ def setup(name: str, seed: int = 0, **overrides):
 
 
 def run_update(policy, objective, prepared, inner: int, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sum of the term losses of one update (backward on each, as the trainer does) and the flat gradient."""
-    policy.model.zero_grad(set_to_none=True)
-    total = torch.zeros((), dtype=torch.float64)
-    for term in objective.loss_terms(policy, prepared, inner):
-        assert term.loss.dim() == 0
-        if grad:
-            term.loss.backward()
-        total = total + term.loss.detach()
+    """Sum of the term losses of one update (backward on each, as the trainer does) and the flat gradient; with
+    ``grad=False`` the value alone, without backward."""
     if not grad:
-        return total, None
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                      for p in policy.model.parameters()])
-    return total, flat
-
-
-def perturb(policy, scale: float = 0.05, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
-
-def assert_flat_equals_all_graphs(build, seed: int, scale: float) -> None:  # noqa: ANN001
-    """Update 1 of a mu = 2 batch after a perturbation of ``scale``: the objective ``build(flat)`` with flat=True (one
-    draw's graph at a time) and flat=False (all graphs in one term) give the same value and gradient in float64."""
-    results = []
-    for flat in (True, False):
-        policy = make_policy(hidden=16, layers=2, seed=seed)
-        objective = build(flat)
-        if objective.needs_reference:
-            policy.snapshot_reference()
-        prepared = objective.prepare(policy, make_batch(policy, seed=seed), mu=2)
-        run_update(policy, objective, prepared, inner=0)
-        perturb(policy, scale, seed=seed)
-        results.append(run_update(policy, objective, prepared, inner=1))
-    (v_flat, g_flat), (v_all, g_all) = results
-    assert float(v_flat) == pytest.approx(float(v_all), rel=1e-12)
-    assert g_all.norm() > 1e-6
-    assert float((g_flat - g_all).norm() / g_all.norm()) < 1e-10
+        return torch.tensor(loss_value(objective, policy, prepared, inner), dtype=torch.float64), None
+    loss, grads = loss_and_gradients(objective, policy, prepared, inner)
+    return loss, flat_gradient(policy, grads)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -93,9 +60,7 @@ def test_objective_gives_a_finite_scalar_loss(name: str) -> None:
 def test_gradient_reaches_every_parameter_of_the_model(name: str) -> None:
     policy, objective, batch = setup(name, seed=1)
     prepared = objective.prepare(policy, batch, mu=1)
-    policy.model.zero_grad(set_to_none=True)
-    for term in objective.loss_terms(policy, prepared, 0):
-        term.loss.backward()
+    loss_and_gradients(objective, policy, prepared, 0)  # leaves each parameter's .grad as the optimizer sees it
     named = dict(policy.model.lm.named_parameters())
     # Every parameter takes part in the forward (embedding, each layer's attention/MLP/norms, final norm, head).
     missing = [n for n, p in named.items()

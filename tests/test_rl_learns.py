@@ -18,6 +18,7 @@ from harness.runs.sweep import objective_config
 from objectives import OBJECTIVES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_a_few_rl_steps_raise_the_training_reward(name: str) -> None:
     policy = make_policy(dtype=torch.float32, hidden=32, layers=1)

@@ -126,6 +126,7 @@ def test_the_recipes_are_specs_and_plan_the_documented_arms() -> None:
         (30, 2, 1e-4, 1.3)}
 
 
+@pytest.mark.slow
 def test_set_reaches_an_objectives_config_its_record_and_its_run_id(tmp_path: Path) -> None:
     model = str(save_model(tmp_path / "m"))
     common = ["compare", "--model", model, "--objectives", "bgpo", "--nt", "2", "--steps", "1", "--mu", "1",

@@ -9,9 +9,14 @@ import math
 
 import pytest
 import torch
-from conftest import FixedLogprobPolicy, make_batch, make_policy
-from test_gdpo import hand_batch, per_row
-from test_objectives_contract import assert_flat_equals_all_graphs
+from conftest import (
+    FixedLogprobPolicy,
+    assert_flat_equals_all_graphs,
+    hand_batch,
+    make_batch,
+    make_policy,
+    per_row,
+)
 
 from harness.model.elbo import ElboConfig, sample_draws
 from harness.model.structs import DRAWS_STREAM, generators

@@ -1,15 +1,21 @@
-"""Data loading: the local override and row validation that names `file:line`."""
+"""Data loading: the local override and row validation that names `file:line`; the packaged-data list, derived from
+`tasks/packaged/`; and every registered task against the `Task` protocol (members, signatures, a gold that scores)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import re
+import typing
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-from conftest import SHARED_DATA, large_data_dir
+from conftest import PACKAGED_TASKS, SHARED_DATA, large_data_dir, task_param
 
+from tasks import TASKS
+from tasks.base import Item, Task
 from tasks.countdown import Countdown
 from tasks.data import (
     DATA_DIR_ENV,
@@ -17,6 +23,8 @@ from tasks.data import (
     HubSplit,
     local_data_dir,
     packaged_file,
+    packaged_root,
+    packaged_tasks,
     read_csv_rows,
     read_jsonl_rows,
     unreachable_message,
@@ -199,13 +207,120 @@ def test_the_package_ships_d1s_small_test_sets_with_licence(monkeypatch: pytest.
 
 
 def test_the_package_data_is_declared_for_wheels() -> None:
-    """A wheel carries only the data files pyproject declares; every packaged file must match a pattern."""
+    """A wheel carries only the data files pyproject declares; every packaged file must match a pattern, and every
+    file but the licence and provenance lies in a task folder."""
     import fnmatch
     import tomllib
 
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tasks"]
-    files = [p.relative_to(root / "tasks").as_posix() for p in (root / "tasks" / "packaged").rglob("*") if p.is_file()]
-    assert sorted(files) == ["packaged/LICENSE", "packaged/README.md", "packaged/countdown/test.jsonl",
-                             "packaged/sudoku/test.csv"]
+    files = [p.relative_to(root / "tasks").as_posix() for p in packaged_root().rglob("*") if p.is_file()]
+    assert {"packaged/LICENSE", "packaged/README.md"} <= set(files)
+    task_files = sorted(f for f in files if f not in ("packaged/LICENSE", "packaged/README.md"))
+    assert {f.split("/")[1] for f in task_files} == packaged_tasks()
+    assert all(f.count("/") == 2 for f in task_files), task_files  # packaged/<task>/<file>
     assert all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files)
+
+
+def test_the_packaged_tasks_are_the_registered_task_folders_of_tasks_packaged() -> None:
+    assert packaged_tasks() <= set(TASKS)
+    assert PACKAGED_TASKS == packaged_tasks()  # tests/conftest.py's list agrees (until it reads packaged_tasks())
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_exactly_the_packaged_tasks_load_with_no_data_folder(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The derived list says what a bare clone runs: a packaged task loads its test split offline with no data folder,
+    the others name the Hub dataset they need (conftest sets HF_HUB_OFFLINE and an empty cache)."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    task = TASKS[name]()
+    if name in packaged_tasks():
+        assert len(task.load("test")) > 0
+    else:
+        with pytest.raises(DataError, match="^Hub dataset "):
+            task.load("test")
+
+
+# ---- the Task protocol -----------------------------------------------------------------------------------------------
+PROTOCOL_ATTRIBUTES = tuple(Task.__annotations__)
+PROTOCOL_METHODS = tuple(n for n, v in vars(Task).items()
+                         if inspect.isfunction(v) and (n == "__init__" or not n.startswith("_")))
+
+
+def protocol_problems(cls: type) -> list[str]:
+    """How a class falls short of `tasks.base.Task`: a class attribute that is not a string; a method that is missing,
+    or whose leading parameters differ from the protocol's in name, order, kind, default or type, whose extra
+    parameters lack a default, or whose return type differs."""
+    problems = [f"{name}: not a str class attribute" for name in PROTOCOL_ATTRIBUTES
+                if not isinstance(getattr(cls, name, None), str)]
+    for name in PROTOCOL_METHODS:
+        method = getattr(cls, name, None)
+        if not inspect.isfunction(method):
+            problems.append(f"{name}: missing")
+            continue
+        wanted, found = inspect.signature(getattr(Task, name)), inspect.signature(method)
+        wanted_types, found_types = typing.get_type_hints(getattr(Task, name)), typing.get_type_hints(method)
+        params = list(found.parameters.values())
+        for index, want in enumerate(wanted.parameters.values()):
+            have = params[index] if index < len(params) else None
+            same = have is not None and (have.name, have.kind, have.default) == (want.name, want.kind, want.default)
+            if not same or found_types.get(want.name) != wanted_types.get(want.name):
+                problems.append(f"{name}: parameter {index} is {have}, not {want}")
+        extra = [p.name for p in params[len(wanted.parameters):] if p.default is p.empty
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if extra:
+            problems.append(f"{name}: extra parameters without a default: {', '.join(extra)}")
+        if found_types.get("return") != wanted_types["return"]:
+            problems.append(f"{name}: returns {found.return_annotation}, not {wanted.return_annotation}")
+    return problems
+
+
+class Incomplete:
+    """A task that gets the protocol wrong in one way per member (and has no `gold`)."""
+
+    name: ClassVar[str] = "incomplete"
+    metric: ClassVar[int] = 1
+
+    def __init__(self, data_dir: str) -> None: ...
+
+    def load(self, split: str) -> list[Item]: ...
+
+    def prompt(self, item: Item, system: str) -> list[dict[str, str]]: ...
+
+    def reward(self, item: Item, text: str) -> float: ...
+
+    def score(self, item: Item, completion: str, strict: bool = True) -> dict[str, float]: ...
+
+
+def test_the_protocol_check_names_every_shortfall() -> None:
+    assert PROTOCOL_ATTRIBUTES == ("name", "version", "metric")
+    assert PROTOCOL_METHODS == ("__init__", "load", "prompt", "reward", "score", "gold")
+    assert protocol_problems(Incomplete) == [
+        "version: not a str class attribute",
+        "metric: not a str class attribute",
+        "__init__: parameter 1 is data_dir: 'str', not data_dir: 'str | Path | None' = None",
+        "load: returns list[Item], not Sequence[Item]",
+        "prompt: extra parameters without a default: system",
+        "reward: parameter 2 is text: 'str', not completion: 'str'",
+        "gold: missing",
+    ]  # score's extra `strict` has a default, so it is fine
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_registered_task_satisfies_the_protocol(name: str) -> None:
+    cls = TASKS[name]
+    assert protocol_problems(cls) == []
+    assert cls.name == name
+
+
+@pytest.mark.parametrize("name", [task_param(t) for t in sorted(TASKS)])
+def test_every_tasks_gold_scores_full_marks_on_its_metric(name: str) -> None:
+    """`gold` is a completion that `score` reads as right: 1.0 on the headline metric, every metric a float, and a
+    reward above that of an empty completion; the prompt is chat messages."""
+    task = TASKS[name](data_dir=packaged_root() if name in packaged_tasks() else large_data_dir())
+    for item in task.load("test")[:3]:
+        assert all(set(message) == {"role", "content"} for message in task.prompt(item))
+        completion = task.gold(item)
+        scores = task.score(item, completion)
+        assert isinstance(completion, str) and all(isinstance(v, float) for v in scores.values()), scores
+        assert scores[task.metric] == 1.0, (item.id, scores)
+        assert task.reward(item, completion) > task.reward(item, ""), item.id

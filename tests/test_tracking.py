@@ -15,6 +15,7 @@ from harness.runs.records import read_record
 STEPS = 3
 
 
+@pytest.mark.slow
 def test_a_short_run_logged_to_tensorboard_reads_back_as_its_record(tmp_path: Path) -> None:
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
                                             reason="tensorboard is a test dependency (pip install -e '.[test]')")

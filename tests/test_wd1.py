@@ -7,9 +7,16 @@ import math
 
 import pytest
 import torch
-from conftest import FixedLogprobPolicy, make_batch, make_policy
-from test_gdpo import hand_batch, loss, per_row
-from test_objectives_contract import run_update
+from conftest import (
+    FixedLogprobPolicy,
+    flat_gradient,
+    hand_batch,
+    loss_and_gradients,
+    loss_value,
+    make_batch,
+    make_policy,
+    per_row,
+)
 
 from objectives.wd1 import WD1, WD1Config, group_weights
 
@@ -53,9 +60,9 @@ def test_value_by_hand() -> None:
     assert expected == pytest.approx(-7.37277, abs=1e-5)
     objective = WD1()
     prepared = objective.prepare(policy, batch, 2)
-    assert loss(objective, policy, prepared, 0) == pytest.approx(expected, abs=1e-13)
+    assert loss_value(objective, policy, prepared, 0) == pytest.approx(expected, abs=1e-13)
     wll = WD1(WD1Config(negative=False))
-    assert loss(wll, policy, wll.prepare(policy, batch, 1), 0) == pytest.approx(
+    assert loss_value(wll, policy, wll.prepare(policy, batch, 1), 0) == pytest.approx(
         float((-torch.softmax(adv, 0) * logp).sum()), abs=1e-13)
 
 
@@ -75,7 +82,7 @@ def test_gradient_raises_the_likelihood_of_the_best_completion() -> None:
         return (logp * batch.rollout.completion_mask).sum(-1)
 
     before = sequence_logps()
-    _, grad = run_update(policy, objective, prepared, 0)
+    grad = flat_gradient(policy, loss_and_gradients(objective, policy, prepared, 0)[1])
     with torch.no_grad():
         offset = 0
         for p in policy.model.parameters():

@@ -5,14 +5,14 @@ tolerances, and one entry per run keyed by task/objective/n_t/mu/seed. A run reg
 
     accuracy   drops by more than ``accuracy_drop_pts`` points (absolute; the metric is the task's headline one),
     memory     peak total grows by more than ``memory_growth`` (a fraction of the baseline's),
-    time       measured in one run, as ratios: each run's step time relative to its *anchor* (the first baseline
-               run of the same task, mu and seed, e.g. BGPO n_t = 4) grows by more than ``relative_time_growth``,
-               or the anchor's step-time ratio (median step time / the reference computation timed in the same
-               process, see pipeline.REFERENCE_SIZE) grows by more than ``time_ratio_growth``. The reference is a
-               few matrix products, which CPU families speed up very differently from a small model's step (an
-               Intel re-run, CI's CPU, of the AMD-made baseline moved every ratio by +77-95% while the ratios
-               between arms moved by 2-8%), so the anchor's tolerance is loose and the arms are held to each other:
-               slower code fails, another machine does not,
+    time       measured in one run, as ratios: each run's step time relative to the median of its *peers* (the
+               other runs of the same task, mu and seed that finished on both sides) grows by more than
+               ``relative_time_growth``, or its step-time ratio (median step time / the reference computation timed
+               in the same process, see pipeline.REFERENCE_SIZE) grows by more than ``time_ratio_growth``. The
+               reference is a few matrix products, which CPU families speed up very differently from a small
+               model's step (an Intel re-run, CI's CPU, of the AMD-made baseline moved every ratio by +77-95% while
+               the ratios between arms moved by 2-8%), so the ratio's tolerance is loose and every arm is held to
+               its peers: one arm's slower code fails (whichever arm it is), another machine does not,
     outcome    the baseline run finished ('ok') and this one did not (nan, diverged, oom, error),
 
 or when a baseline run is missing from the results. Runs not in the baseline are listed and ignored.
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,8 @@ BASELINE_SCHEMA = 1
 TOLERANCES = {"accuracy_drop_pts": 3.0, "memory_growth": 0.10, "time_ratio_growth": 1.50,
               "relative_time_growth": 0.5}
 """Default tolerances. Accuracy is deterministic for a fixed torch build on CPU, so 3 points only absorbs
-numerical differences between CPUs; memory is measured exactly (MemTracker) on CPU; the anchor's step-time ratio
-moves by up to +95% between CPU families (hence 150%), a run's time relative to its anchor by under 10% between
+numerical differences between CPUs; memory is measured exactly (MemTracker) on CPU; a run's step-time ratio
+moves by up to +95% between CPU families (hence 150%), its time relative to its peers' median by under 10% between
 CPU families but by up to +22% between two runs on one idle 2-core machine (hence 50%)."""
 
 
@@ -180,15 +181,13 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]
     tol = {**TOLERANCES, **baseline["tolerances"]}
     latest = {run_key(r): r for r in rows}  # the last row of a key wins
     stored, note = runs_for(baseline, device_of(rows))
-    anchors = anchor_keys(stored)
+    groups = peer_keys(stored)
     lines, passed = [note] if note else [], True
     for key, base in stored.items():
         row = latest.get(key)
         problems = [] if row is not None else ["missing from the results"]
         if row is not None:
-            anchor = anchors[key]
-            relative = None if anchor == key else (latest.get(anchor), stored[anchor])
-            problems += regressions(row, base, tol, explain, relative)
+            problems += regressions(row, base, tol, explain, peer_medians(groups[key], latest, stored))
         passed &= not problems
         lines.append(f"{'FAIL' if problems else 'ok  '} {key}: " + ("; ".join(problems) if problems else summary(
             latest[key], base)))
@@ -196,23 +195,27 @@ def compare_to_baseline(rows: Sequence[dict[str, Any]], baseline: dict[str, Any]
     return lines, passed
 
 
-def anchor_keys(runs: dict[str, Any]) -> dict[str, str]:
-    """Each baseline run key -> its anchor's: the first run (in the baseline's order, which is the comparison's)
-    of the same task, mu and seed."""
-    first: dict[tuple[str, ...], str] = {}
-    anchors = {}
-    for key in runs:
-        task, _objective, _nt, mu, seed = key.split("/")
-        anchors[key] = first.setdefault((task, mu, seed), key)
-    return anchors
+def peer_keys(runs: dict[str, Any]) -> dict[str, list[str]]:
+    """Each baseline run key -> the other keys of the same task, mu and seed (the arms its step time is held to)."""
+    group = {key: (key.split("/")[0], *key.split("/")[3:]) for key in runs}  # (task, mu, seed)
+    return {key: [k for k in runs if k != key and group[k] == group[key]] for key in runs}
+
+
+def peer_medians(peers: list[str], latest: dict[str, Any], stored: dict[str, Any]) -> tuple[float, float] | None:
+    """(median step-time ratio of the peers now, of the same peers in the baseline), over the peers with a ratio on
+    both sides; None when there is none (a run alone in its group, or all its peers failed)."""
+    both = [(latest[k].get("step_time_ratio"), stored[k].get("step_time_ratio")) for k in peers if k in latest]
+    both = [(new, old) for new, old in both if is_number(new) and is_number(old) and new > 0 and old > 0]
+    if not both:
+        return None
+    return statistics.median(new for new, _ in both), statistics.median(old for _, old in both)
 
 
 def regressions(row: dict[str, Any], base: dict[str, Any], tol: dict[str, float],
-                explain: Explain | None = None,
-                relative: tuple[dict[str, Any] | None, dict[str, Any]] | None = None) -> list[str]:
+                explain: Explain | None = None, peers: tuple[float, float] | None = None) -> list[str]:
     """What is wrong with ``row`` against its baseline run: not comparable, a lost outcome, a figure that is not
-    there, or a figure beyond tolerance (empty: it passes). ``relative`` is (the anchor's row, the anchor's
-    baseline run) when ``row`` is not itself an anchor: its step time is then judged relative to the anchor's."""
+    there, or a figure beyond tolerance (empty: it passes). ``peers`` is (its peers' median step-time ratio now, in
+    the baseline): its step time is then also judged relative to theirs."""
     if mismatch := fingerprint_problem(row, base, explain):
         return [mismatch]
     if base["outcome"] == "ok" and row["outcome"] != "ok":
@@ -225,23 +228,23 @@ def regressions(row: dict[str, Any], base: dict[str, Any], tol: dict[str, float]
             problems += [why for name in FIGURES if (why := figure_problem("baseline " + FIGURES[name], old[name]))]
     if problems:
         return problems
-    if relative is not None:
-        anchor_row, anchor_base = relative
-        new["step_time_ratio"] = ratio_of(new["step_time_ratio"], anchor_row and anchor_row.get("step_time_ratio"))
-        old["step_time_ratio"] = ratio_of(old["step_time_ratio"], anchor_base.get("step_time_ratio"))
-    return beyond_tolerance(new, old, tol, relative is not None)
+    problems = beyond_tolerance(new, old, tol)
+    if peers is not None and is_number(new["step_time_ratio"]) and is_number(old["step_time_ratio"]):
+        problems += grown("step time / peers' median", new["step_time_ratio"] / peers[0],
+                          old["step_time_ratio"] / peers[1], tol["relative_time_growth"], digits=2)
+    return problems
 
 
-def ratio_of(value: Any, anchor: Any) -> float | None:
-    """value / anchor, or None when either is no positive number (the anchor's own verdict reports why)."""
-    return value / anchor if is_number(value) and is_number(anchor) and anchor > 0 else None
+def grown(name: str, new: float, old: float, growth: float, digits: int = 1) -> list[str]:
+    """One problem line when ``new`` exceeds ``old`` by more than the fraction ``growth``, else none."""
+    if old > 0 and new > old * (1 + growth):
+        return [f"{name} {old:.{digits}f} -> {new:.{digits}f} (+{100 * (new / old - 1):.0f}% > {100 * growth:.0f}%)"]
+    return []
 
 
-def beyond_tolerance(new: dict[str, Any], old: dict[str, Any], tol: dict[str, float],
-                     relative_time: bool = False) -> list[str]:
+def beyond_tolerance(new: dict[str, Any], old: dict[str, Any], tol: dict[str, float]) -> list[str]:
     """The figures that regressed by more than the tolerances; a figure missing on either side (a failed run's,
-    once ``regressions`` has ruled out a finished one's) is not compared. ``relative_time``: the step-time figures
-    are relative to the anchor's."""
+    once ``regressions`` has ruled out a finished one's) is not compared."""
     problems = []
     new_acc, old_acc = new["accuracy"], old["accuracy"]
     if is_number(new_acc) and is_number(old_acc) and 100 * (old_acc - new_acc) > tol["accuracy_drop_pts"]:
@@ -251,12 +254,8 @@ def beyond_tolerance(new: dict[str, Any], old: dict[str, Any], tol: dict[str, fl
         problems.append(f"peak memory {old_mem:.1f} -> {new_mem:.1f} MB (+{100 * (new_mem / old_mem - 1):.0f}% > "
                         f"{100 * tol['memory_growth']:.0f}%)")
     new_t, old_t = new["step_time_ratio"], old["step_time_ratio"]
-    name, growth = ("step time / anchor's", tol["relative_time_growth"]) if relative_time else (
-        "step-time ratio", tol["time_ratio_growth"])
-    if is_number(new_t) and is_number(old_t) and old_t > 0 and new_t > old_t * (1 + growth):
-        digits = 2 if relative_time else 1
-        problems.append(f"{name} {old_t:.{digits}f} -> {new_t:.{digits}f} (+{100 * (new_t / old_t - 1):.0f}% > "
-                        f"{100 * growth:.0f}%)")
+    if is_number(new_t) and is_number(old_t):
+        problems += grown("step-time ratio", new_t, old_t, tol["time_ratio_growth"])
     return problems
 
 

@@ -54,7 +54,7 @@ class SweepSpec:
     file's ``KEY =`` (nested fields by their path, see harness/runs/settings.py)."""
 
     objectives: tuple[str, ...] = ("bgpo", "vrpo", "diffu-grpo")
-    """Objectives compared (`harness ls`), in table order; the first is each task's time anchor in the gate."""
+    """Objectives compared (`harness ls`), in table order; the first is the reference arm of the paired column."""
     nt: tuple[int, ...] = field(default=(4, 16), metadata={"min": 1})
     """n_t values (ELBO Monte Carlo draws) of the ELBO objectives, each a run; with memory_budget, the candidates
     from which each objective gets the largest that fits. An objective given n_t by --set runs at that one only."""
