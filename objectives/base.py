@@ -28,7 +28,12 @@ class Objective(Protocol):
     needs_reference: bool  # True: the trainer snapshots the base model as the KL reference
     # Ratio-free objectives (SPG, wd1) may set ``resamples_each_update = True``: each update draws fresh masks
     # instead of replaying update 0's, so an unchanged model gives another value in update 1 (the contract tests).
-    config: Any  # the objective's own frozen config dataclass; has ``scale_by_std`` (and may have ``leave_one_out``)
+    config: Any  # the objective's own frozen config dataclass
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        """Per-completion advantages of a rollout batch's rewards [N] (groups of ``group_size`` contiguous) -> [N]:
+        the objective's own form (``objectives/advantages.py``: std-scaled or not, leave-one-out or not)."""
+        ...
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> Any:
         """Once per rollout batch, before any update: draws, and old-policy terms that later updates replay."""

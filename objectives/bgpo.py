@@ -26,6 +26,7 @@ import torch
 from harness.model.elbo import ElboConfig, micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
+from objectives.advantages import group_advantages
 from objectives.base import LossTerm
 from objectives.common import ElboBatch, elbo_differences, ppo_surrogate, prepare_elbo
 
@@ -56,6 +57,9 @@ class BGPO:
 
     def __init__(self, config: BGPOConfig | None = None) -> None:
         self.config = config or BGPOConfig()
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, self.config.scale_by_std)
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> ElboBatch:
         return prepare_elbo(batch, self.config.n_t, self.config.elbo)

@@ -28,6 +28,7 @@ import torch
 from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
+from objectives.advantages import group_advantages
 from objectives.base import LossTerm
 from objectives.common import k3_kl, masked_mean, one_step_input, one_step_logprobs, ppo_surrogate
 
@@ -59,6 +60,9 @@ class DiffuGRPO:
 
     def __init__(self, config: DiffuGRPOConfig | None = None) -> None:
         self.config = config or DiffuGRPOConfig()
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, self.config.scale_by_std)
 
     @property
     def needs_reference(self) -> bool:

@@ -29,6 +29,7 @@ import torch
 from harness.model.elbo import ElboConfig, draw_terms, micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
+from objectives.advantages import group_advantages
 from objectives.common import ElboBatch, prepare_elbo
 from objectives.vrpo import VRPO
 
@@ -58,6 +59,9 @@ class ESPO(VRPO):
 
     def __init__(self, config: ESPOConfig | None = None) -> None:
         self.config = config or ESPOConfig()
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, self.config.scale_by_std, self.config.leave_one_out)
 
     @property
     def flat(self) -> bool:

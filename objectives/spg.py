@@ -12,23 +12,21 @@ B_i = (1/n_t) sum_j w_ij sum_{k in M_ij} log p_ijk with w_ij = L_i / |M_ij|; U_i
 
     U_i = (L_i / |U|) (1/beta) sum_{k in U} log[(1/n_t) sum_j 1(k in M_ij) w_ij p_ijk^beta],   U = union_j M_ij,
 
-or the mixture omega U_i + (1 - omega) B_i (Eq. 8, "confidence-aware"; the official default ``mix``). There is no
-importance ratio, clip or KL: updates 2..mu of a rollout batch are uncorrected steps on the same samples, each with
-fresh masks (pitfall P-SPG1), as the official code does. With n_t = 1 the EUBO's gradient is the ELBO's (every
-masked token's softmax over draws is 1, P-SPG4), so the EUBO and mixture need n_t >= 2.
+or the mixture omega U_i + (1 - omega) B_i (Eq. 8, "confidence-aware"; the official default ``mix``). No ratio, clip
+or KL: updates 2..mu are uncorrected steps on the same samples with fresh masks (P-SPG1), as the official code does;
+with n_t = 1 the EUBO's gradient is the ELBO's (P-SPG4), so the EUBO and mixture need n_t >= 2.
 
-Memory: the ELBO branch is linear in the draws (one term per draw, as BGPO). The EUBO's gradient is
-sum_jk c_ijk grad log p_ijk with c from the draws' values: ``flat=True`` takes c by autograd on a no-grad pass, then
-back-propagates one draw at a time (exact; n_t extra no-grad forwards where a micro-batch holds an A <= 0 row).
-``flat=False`` keeps all n_t graphs, as the official single batched forward does.
+Memory: the ELBO branch is one term per draw (as BGPO). The EUBO's gradient is sum_jk c_ijk grad log p_ijk:
+``flat=True`` takes c by autograd on a no-grad pass, then back-propagates one draw at a time (exact; n_t extra
+no-grad forwards where a micro-batch holds an A <= 0 row); ``flat=False`` keeps all n_t graphs (the official forward).
 
-Departures: the block is uniform among the answer's blocks (P-SPG5); the prompt is never masked (the official code
-masks prompt tokens with p = 0.15, P-SPG3) and positions after the first EOS keep their EOS (P-SPG6); p^beta is
-taken in log space, so no token underflows out of U (P-SPG7); the token mean is over the global batch.
+Departures: the block is uniform among the answer's blocks (P-SPG5); the prompt is never masked (official: p = 0.15,
+P-SPG3); positions after the first EOS keep it (P-SPG6); p^beta in log space (P-SPG7); the token mean is global.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ import torch
 from harness.model.elbo import ElboConfig, answer_mask, draw_token_logprobs, for_rollout, micro_batches, sample_draws
 from harness.model.policy import Policy
 from harness.model.structs import DRAWS_STREAM, Batch, generators
+from objectives.advantages import group_advantages
 from objectives.base import LossTerm
 
 NEGATIVE_BOUNDS = ("mix", "eubo", "elbo")
@@ -96,8 +95,11 @@ class SPG:
     def __init__(self, config: SPGConfig | None = None) -> None:
         self.config = config or SPGConfig()
 
-    def prepare(self, policy: Policy, batch: Batch, mu: int) -> Batch:
-        return batch  # nothing to precompute: no old or reference policy
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, self.config.scale_by_std)
+
+    def prepare(self, policy: Policy, batch: Batch, mu: int) -> Batch:  # no old or reference policy terms
+        return batch
 
     def sequence_bounds(self, logps: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor,
                         advantages: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -116,10 +118,7 @@ class SPG:
         draws = sample_draws(answer, cfg.n_t, for_rollout(cfg.elbo, batch.rollout),
                              generators(batch.row_seeds, DRAWS_STREAM, inner))  # fresh masks per update
         lengths, total_tokens = answer.sum(-1).clamp_min(1).double(), batch.token_total / batch.world_size  # global
-
-        def token_logps(k: int, rows: slice) -> torch.Tensor:  # [n, L]
-            return draw_token_logprobs(policy, batch.rollout, draws, k, rows)
-
+        token_logps = functools.partial(draw_token_logprobs, policy, batch.rollout, draws)  # (k, rows) -> [n, L]
         for rows in micro_batches(batch.advantages.numel(), cfg.micro_batch_size):
             adv = batch.advantages[rows].to(torch.float64)  # [n]
             masks = draws.masks[:, rows].to(policy.device)  # [K, n, L]

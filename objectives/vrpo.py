@@ -29,6 +29,7 @@ import torch
 from harness.model.elbo import ElboConfig, micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
+from objectives.advantages import group_advantages
 from objectives.base import LossTerm
 from objectives.common import ElboBatch, elbo_differences, ppo_surrogate, prepare_elbo
 
@@ -53,6 +54,9 @@ class VRPO:
 
     def __init__(self, config: VRPOConfig | None = None) -> None:
         self.config = config or VRPOConfig()
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, self.config.scale_by_std)
 
     @property
     def flat(self) -> bool:

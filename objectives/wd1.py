@@ -27,6 +27,7 @@ import torch
 from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
+from objectives.advantages import group_advantages
 from objectives.base import LossTerm
 from objectives.common import one_step_input, one_step_logprobs
 
@@ -69,6 +70,9 @@ class WD1:
 
     def __init__(self, config: WD1Config | None = None) -> None:
         self.config = config or WD1Config()
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, self.config.scale_by_std)
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> WD1Batch:
         weights = group_weights(batch.advantages, batch.group_size, self.config.psi, self.config.negative)

@@ -136,9 +136,9 @@ def make_policy(dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int =
 def make_batch(policy, n_prompts: int = 3, group: int = 4, prompt_len: int = 6, gen: int = 8, seed: int = 0,
                advantages: torch.Tensor | None = None):
     """A scored batch of random sequences: left padding, an EOS inside some completions, mixed-sign advantages."""
-    from harness.loop.advantages import group_advantages
     from harness.model.rollout import first_eos_mask
     from harness.model.structs import Batch, Rollout, row_seeds
+    from objectives.advantages import group_advantages
 
     g = torch.Generator().manual_seed(seed)
     n = n_prompts * group

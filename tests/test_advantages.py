@@ -1,4 +1,4 @@
-"""Group-relative advantages (harness/loop/advantages.py) on hand-worked rewards."""
+"""Group-relative advantages (objectives/advantages.py) on hand-worked rewards."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.loop.advantages import STD_EPS, frac_zero_std, group_advantages
+from objectives.advantages import STD_EPS, frac_zero_std, group_advantages
 
 REWARDS = torch.tensor([1, 0, 0, 1, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)  # two groups of G = 4
 

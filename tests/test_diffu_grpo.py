@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_batch
 
-from harness.loop.advantages import group_advantages
+from objectives.advantages import group_advantages
 from objectives.common import one_step_input
 from objectives.diffu_grpo import DiffuGRPO, DiffuGRPOConfig
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import FixedLogprobPolicy, assert_flat_equals_all_graphs, hand_batch, loss_value, per_row
 
-from harness.loop.advantages import group_advantages
+from objectives.advantages import group_advantages
 from objectives.espo import ESPO, ESPOConfig
 
 

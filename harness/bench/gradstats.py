@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.loop.advantages import group_advantages
 from harness.loop.trainer import TrainConfig, make_optimizer, update
 from harness.model.policy import Policy
 from harness.model.structs import Batch, row_seeds, stream_seed
 from harness.runs.sweep import objective_config
 from objectives import OBJECTIVES
+from objectives.advantages import group_advantages
 
 PHASES = ("on-policy", "off-policy")
 MIN_ABS_PARAMETER = 1e-6

@@ -25,13 +25,13 @@ import torch
 from accelerate import Accelerator
 
 from harness.loop import checkpoint
-from harness.loop.advantages import frac_zero_std, group_advantages
 from harness.loop.checkpoint import RunFolders, TrainingState
 from harness.loop.evaluate import EvalConfig, EvalResult, evaluate
 from harness.loop.measure import Meter
 from harness.model.policy import Policy
 from harness.model.rollout import RolloutConfig, generate
 from harness.model.structs import ROLLOUT_STREAM, Batch, generators, stream_seed
+from objectives.advantages import frac_zero_std
 from objectives.base import Objective
 from tasks.base import Item, Task
 
@@ -141,8 +141,7 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
     with meter.phase("reward"):
         rewards = torch.tensor([task.reward(item, text) for item, text in zip(group, rollout.texts, strict=True)],
                                dtype=torch.float32)  # [N]
-    advantages = group_advantages(rewards, cfg.group_size, objective.config.scale_by_std,  # [N]
-                                  getattr(objective.config, "leave_one_out", False))
+    advantages = objective.advantages(rewards, cfg.group_size)  # [N] the objective's own form
     tokens = accelerator.reduce(rollout.completion_mask.sum().to(policy.device), reduction="sum")
     batch = Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=cfg.group_size,
                   row_seeds=row_seeds, world_size=accelerator.num_processes, global_tokens=int(tokens))

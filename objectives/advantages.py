@@ -1,4 +1,5 @@
-"""Group-relative advantages (GRPO, Shao et al. 2024; d1 Eq. 2; BGPO Eq. 18)."""
+"""Group-relative advantages (GRPO, Shao et al. 2024; d1 Eq. 2; BGPO Eq. 18): each objective's ``advantages`` says
+which form it uses (scaled by the group's std or not, leave-one-out or not); the loop only calls it."""
 
 from __future__ import annotations
 
