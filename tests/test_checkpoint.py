@@ -105,6 +105,17 @@ def assert_same_runs(whole: Path, resumed: Path, ids: list[str] | None = None) -
             assert torch.equal(final_got[key], tensor), f"{run_id} {key}"  # to 0.0
 
 
+def rerun_equals(file: Path, whole: Path, out: Path, step: int, ids: list[str] | None = None,
+                 processes: int = 1) -> subprocess.CompletedProcess:
+    """Run the same command again into ``out``: it must succeed, resume from ``step-<step>`` and end with the
+    uninterrupted run's records and weights."""
+    resumed = harness("none", 0, "sweep", str(file), "--out", str(out), processes=processes)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert f"from step-{step} ({step} steps done)" in resumed.stderr
+    assert_same_runs(whole, out, ids)
+    return resumed
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(sweep file, its uninterrupted output, the model): bgpo and diffu-grpo (KL reference), full and LoRA r = 4."""
@@ -129,10 +140,7 @@ def test_runs_killed_after_their_step_8_checkpoint_resume_to_the_uninterrupted_r
         assert len(records(out)) == kill
         if kill:
             assert "resuming" in killed.stderr and "from step-8 (8 steps done)" in killed.stderr
-    resumed = harness("none", 0, "sweep", str(file), "--out", str(out))
-    assert resumed.returncode == 0, resumed.stderr
-    assert "from step-8 (8 steps done)" in resumed.stderr
-    assert_same_runs(whole, out)
+    rerun_equals(file, whole, out, 8)
     for run_id in ids:  # the newest two checkpoints are kept
         assert sorted(p.name for p in (out / "checkpoints" / run_id).iterdir()) == ["step-12", "step-8"]
 
@@ -149,10 +157,7 @@ def test_sigterm_during_a_step_checkpoints_exits_75_records_preempted_and_the_re
     (run_id, record), = records(out).items()
     assert record.outcome == "preempted" and len(record.steps) == 6  # step 5 finished, then the checkpoint
     assert (out / "checkpoints" / run_id / "step-6" / STATE_FILE).is_file()
-    resumed = harness("none", 0, "sweep", str(file), "--out", str(out))
-    assert resumed.returncode == 0, resumed.stderr
-    assert "from step-6 (6 steps done)" in resumed.stderr
-    assert_same_runs(whole, out, [run_id])
+    rerun_equals(file, whole, out, 6, [run_id])
 
 
 @pytest.mark.slow
@@ -181,13 +186,10 @@ def test_a_truncated_checkpoint_is_skipped_and_one_of_another_protocol_refused_i
     weights_file = folder / "step-8" / "model.safetensors"
     size = weights_file.stat().st_size
     weights_file.write_bytes(weights_file.read_bytes()[:100])  # truncated
-    resumed = harness("none", 0, "sweep", str(file), "--out", str(out))
-    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    resumed = rerun_equals(file, whole, out, 4, [run_id])
     skipped = [line for line in resumed.stderr.splitlines() if "step-8" in line]
     assert skipped == [f"warning: {folder / 'step-8'}: not a whole checkpoint (model.safetensors has 100 bytes, "
                        f"the manifest says {size}); skipped"]
-    assert "from step-4 (4 steps done)" in resumed.stderr
-    assert_same_runs(whole, out, [run_id])
 
 
 @pytest.mark.slow
@@ -221,9 +223,6 @@ def test_a_two_process_run_killed_and_resumed_equals_an_uninterrupted_two_proces
     assert whole.returncode == 0, whole.stderr
     killed = harness("kill-after", 8, "sweep", str(file), "--out", str(tmp_path / "out"), processes=2)
     assert killed.returncode != 0 and not records(tmp_path / "out")
-    resumed = harness("none", 0, "sweep", str(file), "--out", str(tmp_path / "out"), processes=2)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "from step-8 (8 steps done)" in resumed.stderr
+    rerun_equals(file, tmp_path / "whole", tmp_path / "out", 8, processes=2)
     (record,) = records(tmp_path / "out").values()
     assert record.world_size == 2
-    assert_same_runs(tmp_path / "whole", tmp_path / "out")

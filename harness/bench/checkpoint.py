@@ -114,8 +114,7 @@ def prepared_state(policy: Policy) -> Accelerator:
     accelerator = Accelerator(cpu=True)
     optimizer, scheduler = make_optimizer(policy, TrainConfig())
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_save_state_pre_hook(checkpoint.trainable_weights_only)
+    checkpoint.register(accelerator, scheduler)
     for p in policy.trainable_parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -164,11 +163,13 @@ def one_round(accelerator: Accelerator, scratch: Path) -> dict[str, float]:
         started = time.perf_counter()
         found = checkpoint.newest(folders, warn=broken)
         validate_s = time.perf_counter() - started
+        if found is None or found[0] != path:
+            raise RuntimeError(f"the checkpoint just written ({path}) was not found whole: {found}")
         started = time.perf_counter()
-        loaded = checkpoint.load(accelerator, path)
+        loaded = checkpoint.load(accelerator, path, found[1])
         load_s = time.perf_counter() - started
-    if found != path or loaded.step != state.step:
-        raise RuntimeError(f"the checkpoint just written was not found whole ({found}) or loaded ({loaded.step})")
+    if loaded.step != state.step:
+        raise RuntimeError(f"the checkpoint just written loaded at step {loaded.step}, not {state.step}")
     return {"save_s": save_s, "validate_s": validate_s, "load_s": load_s, **sizes}
 
 

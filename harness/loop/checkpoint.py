@@ -115,10 +115,22 @@ def step_folder(folders: RunFolders, step: int) -> Path:
     return folders.checkpoints / f"step-{step}"
 
 
+def register(accelerator: Accelerator, scheduler) -> None:  # noqa: ANN001
+    """Make ``save_state`` write what a run needs: the schedule (registered, not prepared: ``prepare`` would step it
+    once per process) and the trainable weights only (the save hook)."""
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_save_state_pre_hook(trainable_weights_only)
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters that train (the adapters under LoRA; every weight otherwise)."""
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
 def trainable_weights_only(models: list, weights: list[dict], output_dir: str) -> None:  # noqa: ARG001
-    """accelerate save hook: keep only the parameters that train (the adapters under LoRA; all of them otherwise)."""
+    """accelerate save hook: keep only the parameters that train in each state dict saved."""
     for model, state in zip(models, weights, strict=False):  # FSDP saves its own shards: no weights come here
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        trainable = trainable_names(model)
         for key in [k for k in state if k not in trainable]:
             del state[key]
 
@@ -164,52 +176,58 @@ def steps(folder: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole checkpoint, or None when it is."""
+class NotWhole(Exception):
+    """A checkpoint folder whose save did not finish or whose files changed since; the message says why."""
+
+
+def whole_state(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``harness_state.json``, read once, after every file is checked against its manifest;
+    ``NotWhole`` saying why when one is not."""
     try:
         data = json.loads((path / STATE_FILE).read_text())
         manifest = data["manifest"]
     except FileNotFoundError:
-        return f"no {STATE_FILE} (written last: the save did not finish)"
+        raise NotWhole(f"no {STATE_FILE} (written last: the save did not finish)") from None
     except (ValueError, KeyError, TypeError) as error:
-        return f"{STATE_FILE} unreadable ({error})"
+        raise NotWhole(f"{STATE_FILE} unreadable ({error})") from None
     for name, (size, digest) in manifest.items():
         file = path / name
         if not file.is_file():
-            return f"{name} is missing"
+            raise NotWhole(f"{name} is missing")
         if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, the manifest says {size}"
+            raise NotWhole(f"{name} has {file.stat().st_size} bytes, the manifest says {size}")
         if sha256(file) != digest:
-            return f"{name} does not match its SHA-256 in the manifest"
-    return None
+            raise NotWhole(f"{name} does not match its SHA-256 in the manifest")
+    return data
 
 
 class CheckpointRefused(ValueError):
     """A checkpoint that must not be loaded into this run (another protocol): the command stops with one line."""
 
 
-def newest(folders: RunFolders, warn: Callable[[str], None]) -> Path | None:
-    """The newest whole checkpoint of the run, or None. Broken ones are skipped with one line each; a checkpoint of
-    another protocol is ``CheckpointRefused`` (resuming it would mix two runs)."""
+def newest(folders: RunFolders, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest whole checkpoint of the run and its state file's contents, or None. Broken ones are skipped with
+    one line each; a checkpoint of another protocol is ``CheckpointRefused`` (resuming it would mix two runs)."""
     for _, path in sorted(steps(folders.checkpoints), reverse=True):
-        why = problem(path)
-        if why is not None:
+        try:
+            data = whole_state(path)
+        except NotWhole as why:
             warn(f"{path}: not a whole checkpoint ({why}); skipped")
             continue
-        stored = json.loads((path / STATE_FILE).read_text())["fingerprint"]
-        if stored != folders.fingerprint:
-            raise CheckpointRefused(f"{path}: a checkpoint of another protocol (fingerprint {stored}, this run's is "
-                             f"{folders.fingerprint}); move it away or write to another --out")
-        return path
+        if data["fingerprint"] != folders.fingerprint:
+            raise CheckpointRefused(f"{path}: a checkpoint of another protocol (fingerprint {data['fingerprint']}, "
+                                    f"this run's is {folders.fingerprint}); move it away or write to another --out")
+        return path, data
     return None
 
 
-def load(accelerator: Accelerator, path: Path) -> TrainingState:
+def load(accelerator: Accelerator, path: Path, data: dict[str, Any]) -> TrainingState:
     """Restore weights, optimizer, schedule and RNG states from ``path`` (every process) and return the loop's
-    state. The weights file holds only trainable parameters, hence ``strict=False``; its names are checked here."""
+    state (``data``: its state file, as ``newest`` read it). The weights file holds only trainable parameters, hence
+    ``strict=False``; its names are checked here."""
     expected_names(accelerator, path)
     accelerator.load_state(str(path), strict=False)
-    return TrainingState.from_json(json.loads((path / STATE_FILE).read_text()))
+    return TrainingState.from_json(data)
 
 
 def expected_names(accelerator: Accelerator, path: Path) -> None:
@@ -222,7 +240,7 @@ def expected_names(accelerator: Accelerator, path: Path) -> None:
             continue  # FSDP / pickled layouts: accelerate's own loader checks them
         with safe_open(str(file), "pt") as stored:
             names = set(stored.keys())
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        trainable = trainable_names(model)
         if names != trainable:
             extra, missing = sorted(names - trainable), sorted(trainable - names)
             raise ValueError(f"{file}: its weights are not this run's trainable parameters (extra {extra[:3]}, "
@@ -272,10 +290,11 @@ def resume(accelerator: Accelerator, folders: RunFolders | None, sampler: random
            warn: Callable[[str], None]) -> TrainingState:
     """The loop's state from the run's newest whole checkpoint (weights, optimizer, schedule and RNG restored into
     the prepared objects), or a fresh state at step 0."""
-    path = newest(folders, warn) if folders is not None else None
-    if path is None:
+    found = newest(folders, warn) if folders is not None else None
+    if found is None:
         return TrainingState(step=0, sampler=None, history=[], evals=[], eval_seconds=0.0)
-    state = load(accelerator, path)
+    path, data = found
+    state = load(accelerator, path, data)
     state.restore_sampler(sampler)
     warn(f"resuming {folders.checkpoints.name} from {path.name} ({state.step} steps done)")
     return state

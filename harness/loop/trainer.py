@@ -246,8 +246,7 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
     if objective.needs_reference:  # before any checkpoint is loaded: the KL reference is the base, never resumed
         policy.snapshot_reference()
     policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # not prepare(): that steps it once per process
-    accelerator.register_save_state_pre_hook(checkpoint.trainable_weights_only)
+    checkpoint.register(accelerator, scheduler)
     pool = task.load("train")
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.prompts_per_step % world:

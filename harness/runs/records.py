@@ -85,6 +85,12 @@ class RunRecord:
         return self.outcome == "ok"
 
     @property
+    def preempted(self) -> bool:
+        """Stopped by SIGTERM / SIGUSR1 after a checkpoint: the run is unfinished, and the next run of the command
+        resumes it."""
+        return self.outcome == "preempted"
+
+    @property
     def before(self) -> EvalResult:
         return self.evals[0]
 

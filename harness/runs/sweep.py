@@ -310,16 +310,16 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
                         write_record(record_path(out, cfg), record)
                         append_row(results_path, result_row(record))
             records.append(record)
-            if record.outcome == "preempted":
+            if record.preempted:
                 break
     return SweepResult(records=records, skipped=sum(r is not None for r in stored.values()),
                        nts_by_objective=nts_by_objective,
-                       preempted=preemption_requested() or any(r.outcome == "preempted" for r in records))
+                       preempted=preemption_requested() or any(r.preempted for r in records))
 
 
 def done(record: RunRecord | None) -> RunRecord | None:
     """A stored record that ends its run (every outcome but 'preempted', which the run resumes from)."""
-    return None if record is None or record.outcome == "preempted" else record
+    return None if record is None or record.preempted else record
 
 
 def failed(records: Sequence[RunRecord]) -> list[RunRecord]:
