@@ -16,6 +16,17 @@ import torch
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 
+ELBO_D_MEAN = "elbo/d_mean"
+"""Mean over draws of the ELBO difference d = ELBO(theta) - ELBO(theta_old) (BGPO)."""
+ELBO_D_ABSMAX = "elbo/d_absmax"
+"""Largest |d| over draws: how far off-policy the update is (BGPO, VRPO)."""
+RATIO_MEAN = "ratio/mean"
+"""Mean importance ratio exp(mean_j d_j) (VRPO)."""
+CLIP_LOW_MEAN, CLIP_HIGH_MEAN = "clip_ratio/low_mean", "clip_ratio/high_mean"
+"""Fraction of tokens clipped below / above (diffu-GRPO; TRL's names)."""
+SPG_BOUND_MEAN = "spg/bound_mean"
+"""Mean of SPG's sandwiched bound over sequences."""
+
 
 class LossTerm(NamedTuple):
     loss: torch.Tensor  # scalar; backward() on every term of an update == gradient of the negated objective

@@ -27,16 +27,14 @@ from harness.model.elbo import ElboConfig, micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 from objectives.advantages import group_advantages
-from objectives.base import LossTerm
+from objectives.base import ELBO_D_ABSMAX, ELBO_D_MEAN, LossTerm
 from objectives.common import ElboBatch, elbo_differences, ppo_surrogate, prepare_elbo
 
 
 @dataclass(frozen=True)
 class BGPOConfig:
-    n_t: int = 16
+    n_t: int = field(default=16, metadata={"min": 1})
     """Monte Carlo draws of the ELBO per sequence (paper: 16; 32 for Sudoku)."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass (0 = the whole rollout batch)."""
     scale_by_std: bool = True
     """Divide group advantages by the group std (Eq. 18)."""
     clip_eps: float | None = None
@@ -62,15 +60,15 @@ class BGPO:
         return group_advantages(rewards, group_size, self.config.scale_by_std)
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> ElboBatch:
-        return prepare_elbo(batch, self.config.n_t, self.config.elbo)
+        return prepare_elbo(policy, batch, self.config.n_t, self.config.elbo, old=mu > 1)  # old terms: updates >= 1
 
     def loss_terms(self, policy: Policy, prepared: ElboBatch, inner: int) -> Iterator[LossTerm]:
         n_t, batch = self.config.n_t, prepared.batch
         n = batch.advantages.numel()
-        for rows in micro_batches(n, self.config.micro_batch_size):
+        for rows in micro_batches(n, batch.micro_batch_size):
             adv = batch.advantages[rows].to(policy.device)  # [n]
             for k in range(n_t):  # one graph alive: the trainer backpropagates each term before the next draw
                 d = elbo_differences(policy, prepared, k, rows, inner)  # [n]
                 g = ppo_surrogate(lower_bound_ratio(d, adv), adv.to(d), self.config.clip_eps) / n_t  # [n]
-                stats = {"elbo/d_mean": d.detach().mean(), "elbo/d_absmax": d.detach().abs().max()}
+                stats = {ELBO_D_MEAN: d.detach().mean(), ELBO_D_ABSMAX: d.detach().abs().max()}
                 yield LossTerm(-g.sum() / n, stats)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, for_rollout, sample_draws
+from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, for_rollout, micro_batches, sample_draws
 from harness.model.policy import Policy
 from harness.model.structs import DRAWS_STREAM, PROMPT_MASK_STREAM, Batch, generators
 
@@ -60,33 +60,48 @@ def one_step_logprobs(policy: Policy, batch: Batch, ids: torch.Tensor, rows: sli
 
 @dataclass
 class ElboBatch:
-    """A batch prepared for an ELBO objective: its stored draws and the old policy's terms on them."""
+    """A batch prepared for an ELBO objective: its stored draws and the old (and reference) policy's terms on them."""
 
     batch: Batch
     draws: Draws  # K draws, replayed by every update of this rollout batch
-    old_terms: torch.Tensor  # [K, N] l_old per draw, filled during update 0 (where theta == theta_old)
     lengths: torch.Tensor  # [N] float64 answer length |y| (>= 1) under the ELBO config's answer convention
+    old_terms: torch.Tensor | None = None  # [K, N] l_old per draw (``prepare``, before update 0); None: mu = 1
     ref_terms: torch.Tensor | None = None  # [K, N] l_ref per draw (objectives with a KL on the ELBO), else None
 
 
-def prepare_elbo(batch: Batch, n_t: int, cfg: ElboConfig) -> ElboBatch:
-    """Sample the batch's K = n_t draws from its rows' seeds (replayable) and reserve the old-policy terms."""
+def prepare_elbo(policy: Policy, batch: Batch, n_t: int, cfg: ElboConfig, old: bool) -> ElboBatch:
+    """Sample the batch's K = n_t draws from its rows' seeds (replayable) and, when ``old`` (mu > 1, or a KL that
+    needs B_old), score them under the old policy: the current one, since ``prepare`` runs before update 0."""
     answer = answer_mask(batch.rollout, cfg)  # [N, L]
     draws = sample_draws(answer, n_t, for_rollout(cfg, batch.rollout), generators(batch.row_seeds, DRAWS_STREAM))
-    old = torch.full(draws.weights.shape, float("nan"), dtype=torch.float64)  # [K, N]
     lengths = answer.sum(-1).clamp_min(1).to(torch.float64).cpu()  # [N]
-    return ElboBatch(batch=batch, draws=draws, old_terms=old, lengths=lengths)
+    prepared = ElboBatch(batch=batch, draws=draws, lengths=lengths)
+    if old:
+        prepared.old_terms = policy_terms(policy, prepared)  # [K, N]
+    return prepared
+
+
+def policy_terms(policy: Policy, prepared: ElboBatch, reference: bool = False) -> torch.Tensor:
+    """l of the current policy (``reference``: the KL reference) on every stored draw, without grad and in the
+    updates' micro-batches (the same rows per forward, so the same numbers): [K, N] float64 on the CPU."""
+    batch = prepared.batch
+    chunks = micro_batches(batch.advantages.numel(), batch.micro_batch_size)
+    with torch.no_grad():
+        return torch.stack([torch.cat([
+            draw_terms(policy, batch.rollout, prepared.draws, k, rows, reference=reference).to(torch.float64).cpu()
+            for rows in chunks]) for k in range(prepared.draws.n_draws)])  # [K, N]
 
 
 def elbo_differences(policy: Policy, prepared: ElboBatch, k: int, rows: slice, inner: int) -> torch.Tensor:
     """d_k = l_theta - l_old for draw k on ``rows`` -> [n], differentiable through l_theta.
 
-    In update 0 theta == theta_old, so l_old is l_theta detached: exactly zero difference on-policy (pitfall P3) and
-    no extra forward pass. Later updates of the same rollout batch replay the same draws against the stored l_old
-    (pitfall P2).
+    Update 0 is on-policy (theta == theta_old): l_old is l_theta detached, exactly zero difference (pitfall P3) at no
+    extra forward pass. Later updates of the same rollout batch replay the same draws against the old terms
+    ``prepare`` stored (pitfall P2).
     """
     ell = draw_terms(policy, prepared.batch.rollout, prepared.draws, k, rows)  # [n]
     if inner == 0:
-        prepared.old_terms[k, rows] = ell.detach().to(prepared.old_terms)
-    old = prepared.old_terms[k, rows].to(ell)  # [n]
-    return ell - old  # [n]
+        return ell - ell.detach()  # [n] zeros
+    if prepared.old_terms is None:
+        raise ValueError(f"update {inner} of a batch prepared for mu = 1 (no old-policy terms)")
+    return ell - prepared.old_terms[k, rows].to(ell)  # [n]

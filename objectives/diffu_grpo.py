@@ -29,7 +29,7 @@ from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 from objectives.advantages import group_advantages
-from objectives.base import LossTerm
+from objectives.base import CLIP_HIGH_MEAN, CLIP_LOW_MEAN, LossTerm
 from objectives.common import k3_kl, masked_mean, one_step_input, one_step_logprobs, ppo_surrogate
 
 
@@ -41,8 +41,6 @@ class DiffuGRPOConfig:
     """PPO clip range on the per-token ratio (d1 train.yaml)."""
     beta: float = 0.04
     """Weight of the k3 KL to the base model; 0 disables the reference."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass (0 = the whole rollout batch)."""
     scale_by_std: bool = False
     """d1 uses r - mean only."""
 
@@ -75,7 +73,7 @@ class DiffuGRPO:
         with torch.no_grad():
             for inner in range(mu):
                 ids = one_step_input(policy, batch, inner, self.config.p_mask_prompt)  # [N, T]
-                chunks = micro_batches(n, self.config.micro_batch_size)
+                chunks = micro_batches(n, batch.micro_batch_size)
                 if inner > 0:
                     old.append(torch.cat([one_step_logprobs(policy, batch, ids, rows) for rows in chunks]))  # [N, L]
                 ref.append(torch.cat([one_step_logprobs(policy, batch, ids, rows, reference=True) for rows in chunks])
@@ -87,7 +85,7 @@ class DiffuGRPO:
         ids = one_step_input(policy, batch, inner, self.config.p_mask_prompt)  # [N, T]
         token_mask = batch.rollout.completion_mask  # [N, L]
         total_tokens = batch.token_total / batch.world_size  # global token mean (module docstring, departure 3)
-        for rows in micro_batches(batch.advantages.numel(), cfg.micro_batch_size):
+        for rows in micro_batches(batch.advantages.numel(), batch.micro_batch_size):
             logp = one_step_logprobs(policy, batch, ids, rows)  # [n, L]
             old = prepared.old_logps[inner]
             old = logp.detach() if old is None else old[rows]  # [n, L]
@@ -95,8 +93,8 @@ class DiffuGRPO:
             adv = batch.advantages[rows].to(logp).unsqueeze(1)  # [n, 1]
             per_token = -ppo_surrogate(ratio, adv, cfg.clip_eps)  # [n, L]
             mask = token_mask[rows]  # [n, L]
-            stats = {"clip_ratio/low_mean": masked_mean((ratio < 1 - cfg.clip_eps) & (adv < 0), mask),
-                     "clip_ratio/high_mean": masked_mean((ratio > 1 + cfg.clip_eps) & (adv > 0), mask)}
+            stats = {CLIP_LOW_MEAN: masked_mean((ratio < 1 - cfg.clip_eps) & (adv < 0), mask),
+                     CLIP_HIGH_MEAN: masked_mean((ratio > 1 + cfg.clip_eps) & (adv > 0), mask)}
             if cfg.beta > 0:
                 kl = k3_kl(logp, prepared.ref_logps[inner][rows])  # [n, L]
                 per_token = per_token + cfg.beta * kl

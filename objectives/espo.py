@@ -26,20 +26,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.model.elbo import ElboConfig, draw_terms, micro_batches
+from harness.model.elbo import ElboConfig
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 from objectives.advantages import group_advantages
-from objectives.common import ElboBatch, prepare_elbo
+from objectives.common import ElboBatch, policy_terms, prepare_elbo
 from objectives.vrpo import VRPO
 
 
 @dataclass(frozen=True)
 class ESPOConfig:
-    n_t: int = 4
+    n_t: int = field(default=4, metadata={"min": 1})
     """ELBO draws per sequence: num_mc = 2 complementary pairs (ESPO recipes)."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass (0 = the whole rollout batch)."""
     scale_by_std: bool = False
     """ESPO: scale_rewards false."""
     leave_one_out: bool = True
@@ -72,19 +70,17 @@ class ESPO(VRPO):
         return self.config.beta > 0
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> ElboBatch:
-        prepared = prepare_elbo(batch, self.config.n_t, self.config.elbo)
-        if self.config.beta > 0:  # the reference's terms on the same draws, once per batch (no grad)
-            n = batch.advantages.numel()
-            prepared.ref_terms = torch.stack([torch.cat([
-                draw_terms(policy, batch.rollout, prepared.draws, k, rows, reference=True).to(torch.float64).cpu()
-                for rows in micro_batches(n, self.config.micro_batch_size)]) for k in range(self.config.n_t)])
+        kl = self.config.beta > 0  # the KL needs B_old - B_ref from update 0 on
+        prepared = prepare_elbo(policy, batch, self.config.n_t, self.config.elbo, old=mu > 1 or kl)
+        if kl:  # the reference's terms on the same draws, once per batch (no grad)
+            prepared.ref_terms = policy_terms(policy, prepared, reference=True)  # [K, N]
         return prepared
 
     def sequence_objective(self, mean_d: torch.Tensor, prepared: ElboBatch, rows: slice) -> torch.Tensor:
         surrogate = super().sequence_objective(mean_d, prepared, rows)  # [n], rho = e^m with m normalised by L
         if self.config.beta == 0:
             return surrogate
-        old, ref = prepared.old_terms[:, rows].mean(0), prepared.ref_terms[:, rows].mean(0)  # [n] (filled at update 0)
+        old, ref = prepared.old_terms[:, rows].mean(0), prepared.ref_terms[:, rows].mean(0)  # [n] (from prepare)
         gap = mean_d + (old - ref).to(mean_d)  # [n] B_theta - B_ref, divided by L when the terms are
         lengths = prepared.lengths[rows].to(mean_d)  # [n] L: the padded length under include_padding (official)
         kl = 0.5 * lengths * gap**2 if self.config.elbo.length_norm else 0.5 * gap**2 / lengths  # (B - B_ref)^2 / 2L

@@ -30,10 +30,8 @@ from objectives.vrpo import VRPO
 
 @dataclass(frozen=True)
 class GDPOConfig:
-    n_t: int = 3
+    n_t: int = field(default=3, metadata={"min": 1})
     """Gauss-Legendre nodes over t, one mask each (GDPO: 3; the rule is exact for degree <= 2 n_t - 1 in t)."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass (0 = the whole rollout batch)."""
     scale_by_std: bool = False
     """GDPO's advantages are r - mean (the std amplifies ELBO noise, NeMo port)."""
     clip_eps: float | None = 0.5

@@ -33,41 +33,37 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.model.bounds import check_bounds
 from harness.model.elbo import ElboConfig, answer_mask, draw_token_logprobs, for_rollout, micro_batches, sample_draws
 from harness.model.policy import Policy
 from harness.model.structs import DRAWS_STREAM, Batch, generators
 from objectives.advantages import group_advantages
-from objectives.base import LossTerm
+from objectives.base import SPG_BOUND_MEAN, LossTerm
 
 NEGATIVE_BOUNDS = ("mix", "eubo", "elbo")
 
 
 @dataclass(frozen=True)
 class SPGConfig:
-    n_t: int = 2
+    n_t: int = field(default=2, metadata={"min": 1})
     """Block-masked draws per sequence (SPG: 2; the EUBO and mixture need >= 2)."""
-    negative: str = "mix"
+    negative: str = field(default="mix", metadata={"choices": NEGATIVE_BOUNDS})
     """Bound for sequences with A <= 0: 'mix' (SPG's default), 'eubo', or 'elbo' (the ablation without EUBO)."""
     mix_weight: float = 0.5
     """omega of the mixture omega EUBO + (1 - omega) ELBO (SPG: 0.5)."""
-    eubo_beta: float = 1.5
+    eubo_beta: float = field(default=1.5, metadata={"min": 1})
     """Renyi order beta >= 1 of the EUBO (SPG: 1.5 GSM8K/MATH, 1.0 Sudoku, 2.0 Countdown with 'eubo')."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass (0 = the whole rollout batch)."""
     scale_by_std: bool = False
     """SPG uses r - mean only."""
     flat: bool = True
     """One draw's graph alive at a time (exact); False keeps all n_t graphs (the official batched forward)."""
     elbo: ElboConfig = field(default_factory=lambda: ElboConfig(estimator="block"))
 
-    def __post_init__(self) -> None:
-        if self.negative not in NEGATIVE_BOUNDS:
-            raise ValueError(f"spg.negative={self.negative!r}: choose one of {', '.join(NEGATIVE_BOUNDS)}")
+    def __post_init__(self) -> None:  # checked when built: how a sweep, a memory probe and --set reject a config
+        check_bounds(self)
         if self.negative != "elbo" and self.n_t < 2:
             raise ValueError(f"spg n_t={self.n_t}: the {self.negative} bound needs n_t >= 2 (with one draw its "
                              f"gradient is the ELBO's, pitfall P-SPG4); use n_t >= 2 or spg.negative=elbo")
-        if self.eubo_beta < 1:
-            raise ValueError(f"spg.eubo_beta={self.eubo_beta}: the Renyi upper bound needs beta >= 1")
 
 
 def elbo_estimate(logps: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -119,7 +115,7 @@ class SPG:
                              generators(batch.row_seeds, DRAWS_STREAM, inner))  # fresh masks per update
         lengths, total_tokens = answer.sum(-1).clamp_min(1).double(), batch.token_total / batch.world_size  # global
         token_logps = functools.partial(draw_token_logprobs, policy, batch.rollout, draws)  # (k, rows) -> [n, L]
-        for rows in micro_batches(batch.advantages.numel(), cfg.micro_batch_size):
+        for rows in micro_batches(batch.advantages.numel(), batch.micro_batch_size):
             adv = batch.advantages[rows].to(torch.float64)  # [n]
             masks = draws.masks[:, rows].to(policy.device)  # [K, n, L]
             weights = draws.weights[:, rows].to(policy.device)  # [K, n]
@@ -142,7 +138,7 @@ class SPG:
                 bounds = self.sequence_bounds(leaf, masks, weights.to(leaf), adv.to(leaf), length.to(leaf))
                 objective = (adv.to(bounds) * bounds).sum()
                 (coeff,) = torch.autograd.grad(objective, leaf)  # [K, n, L]
-            value, stats = -objective.detach() / total_tokens, {"spg/bound_mean": bounds.detach().mean()}
+            value, stats = -objective.detach() / total_tokens, {SPG_BOUND_MEAN: bounds.detach().mean()}
             for k in range(cfg.n_t):  # pass 2: one draw's graph at a time
                 logp = token_logps(k, rows)  # [n, L]
                 surrogate = -(coeff[k] * (logp - logp.detach())).sum() / total_tokens  # value 0, exact gradient

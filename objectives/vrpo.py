@@ -30,16 +30,14 @@ from harness.model.elbo import ElboConfig, micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 from objectives.advantages import group_advantages
-from objectives.base import LossTerm
+from objectives.base import ELBO_D_ABSMAX, RATIO_MEAN, LossTerm
 from objectives.common import ElboBatch, elbo_differences, ppo_surrogate, prepare_elbo
 
 
 @dataclass(frozen=True)
 class VRPOConfig:
-    n_t: int = 4
+    n_t: int = field(default=4, metadata={"min": 1})
     """Monte Carlo draws of the ELBO per sequence (paper: 4 for math and planning, 2 for code)."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass (0 = the whole rollout batch)."""
     scale_by_std: bool = True
     """Divide group advantages by the group std."""
     clip_eps: float | None = None
@@ -64,7 +62,7 @@ class VRPO:
         return False
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> ElboBatch:
-        return prepare_elbo(batch, self.config.n_t, self.config.elbo)
+        return prepare_elbo(policy, batch, self.config.n_t, self.config.elbo, old=mu > 1)  # old terms: updates >= 1
 
     def sequence_objective(self, mean_d: torch.Tensor, prepared: ElboBatch, rows: slice) -> torch.Tensor:
         """Per-sequence surrogate to maximise from m = mean_j d_j: min(rho A, clip(rho) A), rho = e^m. [n] -> [n]."""
@@ -73,21 +71,21 @@ class VRPO:
 
     def loss_terms(self, policy: Policy, prepared: ElboBatch, inner: int) -> Iterator[LossTerm]:
         n = prepared.batch.advantages.numel()
-        for rows in micro_batches(n, self.config.micro_batch_size):
+        for rows in micro_batches(n, prepared.batch.micro_batch_size):
             if self.flat:
                 yield from self._flat_terms(policy, prepared, inner, rows, n)
                 continue
             d = torch.stack([elbo_differences(policy, prepared, k, rows, inner)
                              for k in range(self.config.n_t)])  # [K, n], all K graphs alive
             r = self.sequence_objective(d.mean(0), prepared, rows)  # [n]
-            stats = {"ratio/mean": torch.exp(d.detach().mean(0)).mean(), "elbo/d_absmax": d.detach().abs().max()}
+            stats = {RATIO_MEAN: torch.exp(d.detach().mean(0)).mean(), ELBO_D_ABSMAX: d.detach().abs().max()}
             yield LossTerm(-r.sum() / n, stats)
 
     def _flat_terms(self, policy: Policy, prepared: ElboBatch, inner: int, rows: slice, n: int,
                     ) -> Iterator[LossTerm]:
         """The same value and gradient as the all-graphs term, one draw's graph at a time (module docstring)."""
         n_t = self.config.n_t
-        with torch.no_grad():  # pass 1: m_i, no graph kept (at update 0 it also stores l_old)
+        with torch.no_grad():  # pass 1: m_i, no graph kept
             d = torch.stack([elbo_differences(policy, prepared, k, rows, inner) for k in range(n_t)])  # [K, n]
         with torch.enable_grad():  # f'(m) by autograd on a leaf (also when the caller runs without grad)
             mean_d = d.mean(0).requires_grad_()  # [n]
@@ -95,7 +93,7 @@ class VRPO:
             (slope,) = torch.autograd.grad(r.sum(), mean_d)  # [n] f'(m)
         weight = (slope / n_t).detach()  # [n]
         value = -r.detach().sum() / n  # the loss on these rows
-        stats = {"ratio/mean": torch.exp(d.mean(0)).mean(), "elbo/d_absmax": d.abs().max()}
+        stats = {RATIO_MEAN: torch.exp(d.mean(0)).mean(), ELBO_D_ABSMAX: d.abs().max()}
         for k in range(n_t):  # pass 2: one draw's graph at a time
             d_k = elbo_differences(policy, prepared, k, rows, inner)  # [n]
             surrogate = -(weight * (d_k - d_k.detach())).sum() / n  # value 0, gradient -f'(m) grad l_k / (n_t n)

@@ -40,8 +40,6 @@ class WD1Config:
     """Temperature of the advantage softmax (wd1: 1)."""
     negative: bool = True
     """Include the unlearning term w- (wd1); False = weighted log-likelihood only (the paper's ablation)."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass (0 = the whole rollout batch)."""
     scale_by_std: bool = False
     """wd1 uses r - mean only."""
 
@@ -82,7 +80,7 @@ class WD1:
         batch = prepared.batch
         ids = one_step_input(policy, batch, inner, self.config.p_mask_prompt)  # [N, T]: update inner's prompt mask
         n_groups = batch.advantages.numel() // batch.group_size  # this process's groups (whole groups per process)
-        for rows in micro_batches(batch.advantages.numel(), self.config.micro_batch_size):
+        for rows in micro_batches(batch.advantages.numel(), batch.micro_batch_size):
             logp = one_step_logprobs(policy, batch, ids, rows)  # [n, L]
             sequence = (logp * batch.rollout.completion_mask[rows]).sum(-1)  # [n] log pi(o_i | q), one-step
             weights = prepared.weights[rows].to(sequence)  # [n]

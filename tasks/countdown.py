@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import local_data_dir, packaged_file, read_jsonl_rows
+from tasks.data import Splits, drawn_split, local_data_dir, local_or_packaged, read_jsonl_rows
 from tasks.extract import last_tag_content
 from tasks.gsm8k import SYSTEM_PROMPT
 from tasks.math_answers import extract_answer
@@ -60,6 +60,7 @@ COLUMNS = ("input", "output")
 N_NUMBERS, LOW, HIGH = 3, 1, 100  # as in d1's test file: three numbers and the target, all in 1..100
 TRAIN_SIZE, TRAIN_SEED = 20_000, 4321
 VALIDATION_SIZE, VALIDATION_SEED = 500, 8765
+DRAWS = {"train": (TRAIN_SIZE, TRAIN_SEED), "validation": (VALIDATION_SIZE, VALIDATION_SEED)}
 MAX_DRAWS_PER_ITEM = 100
 TOLERANCE = Fraction(1, 10**5)
 RIGHT, WRONG, NO_ANSWER = 1.0, 0.1, 0.0
@@ -215,25 +216,17 @@ class Countdown:
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = local_data_dir(data_dir)
-        self._splits: dict[str, tuple[Item, ...]] = {}
+        self._splits = Splits("countdown", ("train", "validation", "test"), self._make)
 
     def load(self, split: str) -> Sequence[Item]:
-        if split not in self._splits:
-            if split == "test":
-                path = packaged_file(TEST_FILE) if self.data_dir is None else self.data_dir / TEST_FILE
-                rows = read_jsonl_rows(path, COLUMNS, check=_row_problem)
-                items = [make_item(f"countdown/test/{i}", *_parse_row(row)) for i, row in enumerate(rows)]
-            elif split == "train":
-                items = generate_items(TRAIN_SIZE, TRAIN_SEED, self._keys("test"))
-            elif split == "validation":  # disjoint from train too, so it can pick checkpoints fairly
-                items = generate_items(VALIDATION_SIZE, VALIDATION_SEED, self._keys("test") | self._keys("train"))
-            else:
-                raise ValueError(f"unknown split {split!r} for task 'countdown'; expected train, validation or test")
-            self._splits[split] = tuple(items)
-        return self._splits[split]
+        return self._splits(split)
 
-    def _keys(self, split: str) -> set[Key]:
-        return {key(item) for item in self.load(split)}
+    def _make(self, split: str) -> list[Item]:
+        """d1's test rows from the file; train and validation generated, no (numbers, target) repeated."""
+        if split != "test":
+            return drawn_split(split, DRAWS, generate_items, self.load, key)
+        rows = read_jsonl_rows(local_or_packaged(self.data_dir, TEST_FILE), COLUMNS, check=_row_problem)
+        return [make_item(f"countdown/test/{i}", *_parse_row(row)) for i, row in enumerate(rows)]
 
     def prompt(self, item: Item) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n{item.prompt_text} {RULES}"}]

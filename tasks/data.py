@@ -7,7 +7,8 @@ evaluation sets (GSM8K, MATH500, HumanEval, MBPP) load from the Hub the way user
 A local folder laid out as `<dir>/<task>/<file>` (the flag `--data-dir` or the env var `DLLM_HARNESS_DATA_DIR`)
 replaces both; tests and CI point it at `../shared/data`. An unreachable Hub is one line naming the dataset and
 that remedy. Every reader validates rows as it goes and names `file:line` for the first bad one, so a
-broken file is one clear error line rather than a KeyError deep in a reward.
+broken file is one clear error line rather than a KeyError deep in a reward. Each task keeps its items in a `Splits`
+(each split loaded once, one unknown-split error); d1's planning tasks draw train and validation with `drawn_split`.
 
 Departure from the usual `datasets`/pandas loading: CSV is read with the `csv` module, values as strings, no type
 inference: pandas would read the Sudoku string '0140432014020000' as the integer 140432014020000 (d1 passes
@@ -20,11 +21,13 @@ import csv
 import gzip
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from tasks.base import Item
 
 DATA_DIR_ENV = "DLLM_HARNESS_DATA_DIR"
 PACKAGED = "packaged"
@@ -34,6 +37,8 @@ HEADER_LINE = 1
 
 RowCheck = Callable[[Mapping[str, Any]], str | None]
 """Per-row validator: returns a short description of the problem, or None when the row is fine."""
+Draw = Callable[[int, int, set[Any]], list[Item]]
+"""A seeded generator of a task's items: `draw(n, seed, exclude)` gives `n` items whose keys are not in `exclude`."""
 
 
 class DataError(ValueError):
@@ -189,3 +194,36 @@ def packaged_file(relative: str | Path) -> Path:
     path = packaged_root() / relative
     _require_file(path)
     return path
+
+
+def local_or_packaged(data_dir: Path | None, relative: str | Path) -> Path:
+    """A packaged task's data file: its copy under the local data folder when one is set, else the package's own."""
+    return packaged_file(relative) if data_dir is None else data_dir / relative
+
+
+class Splits:
+    """A task's items per split, each read or drawn once, on first use (`Task.load` returns a call of it); an unknown
+    split is a ValueError naming the task and the splits it has."""
+
+    def __init__(self, task: str, names: Sequence[str], make: Callable[[str], Iterable[Item]]) -> None:
+        self.task, self.names, self.make = task, tuple(names), make
+        self._items: dict[str, tuple[Item, ...]] = {}
+
+    def __call__(self, split: str) -> tuple[Item, ...]:
+        if split not in self.names:
+            *rest, last = self.names
+            expected = f"{', '.join(rest)} or {last}" if rest else last
+            raise ValueError(f"unknown split {split!r} for task {self.task!r}; expected {expected}")
+        if split not in self._items:
+            self._items[split] = tuple(self.make(split))
+        return self._items[split]
+
+
+def drawn_split(split: str, sizes: Mapping[str, tuple[int, int]], draw: Draw, load: Callable[[str], Sequence[Item]],
+                key: Callable[[Item], Hashable]) -> list[Item]:
+    """A generated split (d1's planning tasks), `sizes[split]` = (n, seed): train never repeats a test item, and
+    validation repeats neither a test nor a train item, so it can pick checkpoints fairly. `key` says which items are
+    the same puzzle."""
+    n, seed = sizes[split]
+    apart_from = ("test",) if split == "train" else ("test", "train")
+    return draw(n, seed, {key(item) for name in apart_from for item in load(name)})

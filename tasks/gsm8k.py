@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import HubSplit, local_data_dir, task_rows
-from tasks.math_answers import math_scores
+from tasks.data import HubSplit, Splits, local_data_dir, task_rows
+from tasks.math_answers import math_reward, math_scores
 
 HUB_DATASET, HUB_CONFIG = "openai/gsm8k", "main"
 COLUMNS = ("question", "answer")
-SPLITS = ("train", "test")
+SOURCES = {split: HubSplit(HUB_DATASET, HUB_CONFIG, split, Path("gsm8k") / f"{split}.jsonl")
+           for split in ("train", "test")}
 SYSTEM_PROMPT = """
 Respond in the following format:
 <reasoning>
@@ -95,28 +96,23 @@ class GSM8K:
     def __init__(self, data_dir: str | Path | None = None, format_rewards: bool = False) -> None:
         self.data_dir = local_data_dir(data_dir)
         self.format_rewards = format_rewards
-        self._splits: dict[str, tuple[Item, ...]] = {}
+        self._splits = Splits("gsm8k", tuple(SOURCES), self._read)
 
     def load(self, split: str) -> Sequence[Item]:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r} for task 'gsm8k'; expected train or test")
-        if split not in self._splits:
-            source = HubSplit(HUB_DATASET, HUB_CONFIG, split, Path("gsm8k") / f"{split}.jsonl")
-            rows = task_rows(self.data_dir, source, COLUMNS, check=_row_problem)
-            self._splits[split] = tuple(
-                Item(f"gsm8k/{split}/{i}", row["question"], str(gold_number(row["answer"])),
+        return self._splits(split)
+
+    def _read(self, split: str) -> list[Item]:
+        rows = task_rows(self.data_dir, SOURCES[split], COLUMNS, check=_row_problem)
+        return [Item(f"gsm8k/{split}/{i}", row["question"], str(gold_number(row["answer"])),
                      {"solution": row["answer"]})
-                for i, row in enumerate(rows)
-            )
-        return self._splits[split]
+                for i, row in enumerate(rows)]
 
     def prompt(self, item: Item) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{item.prompt_text}"}]
 
     def reward(self, item: Item, completion: str) -> float:
         """1.0 for a correct answer, plus d1's format terms when the task was built with `format_rewards=True`."""
-        correct = self.score(item, completion)["accuracy"]
-        return correct + (format_reward(completion) if self.format_rewards else 0.0)
+        return math_reward(item.answer, completion, format_reward if self.format_rewards else None)
 
     def score(self, item: Item, completion: str) -> dict[str, float]:
         return math_scores(item.answer, completion)

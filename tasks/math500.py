@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import HubSplit, local_data_dir, task_rows
+from tasks.data import HubSplit, Splits, local_data_dir, task_rows
 from tasks.gsm8k import GSM8K, SYSTEM_PROMPT
-from tasks.math_answers import last_boxed, math_scores
+from tasks.math_answers import last_boxed, math_reward, math_scores
 
-HUB_TEST = ("HuggingFaceH4/MATH-500", None, "test")
-HUB_TRAIN = ("ankner/math-500", None, "train")
-LOCAL_FILES = {"test": Path("math500") / "test.jsonl", "train": Path("math500") / "train.jsonl"}
+TRAIN = HubSplit("ankner/math-500", None, "train", Path("math500") / "train.jsonl")
+"""d1's training set: the MATH problems outside the 500."""
+SOURCES = {"train": TRAIN, "test": HubSplit("HuggingFaceH4/MATH-500", None, "test", Path("math500") / "test.jsonl")}
 COLUMNS = {"test": ("problem", "answer", "unique_id"), "train": ("problem", "solution")}
 MATH_INSTRUCTION = (
     "You are a math expert. You will be given a question to solve. Solve it step by step. "
@@ -72,32 +72,26 @@ class MATH500:
     def __init__(self, data_dir: str | Path | None = None, format_rewards: bool = False) -> None:
         self.data_dir = local_data_dir(data_dir)
         self.format_rewards = format_rewards
-        self._splits: dict[str, tuple[Item, ...]] = {}
+        self._splits = Splits("math500", tuple(SOURCES), self._read)
 
     def load(self, split: str) -> Sequence[Item]:
-        if split not in LOCAL_FILES:
-            raise ValueError(f"unknown split {split!r} for task 'math500'; expected train or test")
-        if split == "train" and self.data_dir is not None and not (self.data_dir / LOCAL_FILES["train"]).is_file():
+        return self._splits(split)
+
+    def _read(self, split: str) -> Sequence[Item]:
+        if split == "train" and self.data_dir is not None and not (self.data_dir / TRAIN.local_file).is_file():
             # BGPO trains math on MATH + GSM8K train; offline, GSM8K's is what exists
             return GSM8K(self.data_dir).load("train")
-        if split not in self._splits:
-            dataset, config, hub_split = HUB_TEST if split == "test" else HUB_TRAIN
-            source = HubSplit(dataset, config, hub_split, LOCAL_FILES[split])
-            rows = task_rows(self.data_dir, source, COLUMNS[split], check=_row_problem)
-            self._splits[split] = tuple(
-                Item(str(row.get("unique_id") or f"math500/{split}/{i}"), row["problem"], str(_gold(row)),
+        rows = task_rows(self.data_dir, SOURCES[split], COLUMNS[split], check=_row_problem)
+        return [Item(str(row.get("unique_id") or f"math500/{split}/{i}"), row["problem"], str(_gold(row)),
                      {key: row[key] for key in ("subject", "level") if key in row})
-                for i, row in enumerate(rows)
-            )
-        return self._splits[split]
+                for i, row in enumerate(rows)]
 
     def prompt(self, item: Item) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{MATH_INSTRUCTION}\n\n{item.prompt_text}"}]
 
     def reward(self, item: Item, completion: str) -> float:
         """1.0 for a correct answer, plus d1's format term when the task was built with `format_rewards=True`."""
-        correct = self.score(item, completion)["accuracy"]
-        return correct + (format_reward(completion) if self.format_rewards else 0.0)
+        return math_reward(item.answer, completion, format_reward if self.format_rewards else None)
 
     def score(self, item: Item, completion: str) -> dict[str, float]:
         return math_scores(item.answer, completion)

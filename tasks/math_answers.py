@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from tasks.extract import last_tag_content
@@ -127,3 +128,9 @@ def is_correct(gold: str, completion: str) -> bool:
 def math_scores(gold: str, completion: str) -> dict[str, float]:
     """The math tasks' metrics of one completion: `accuracy`, 1.0 when `is_correct`."""
     return {"accuracy": float(is_correct(gold, completion))}
+
+
+def math_reward(gold: str, completion: str, format_term: Callable[[str], float] | None = None) -> float:
+    """The math tasks' reward: 1.0 for a correct answer (d1: 2.0), plus the task's own d1 format term when it was
+    built with `format_rewards=True` (None: the reward is the metric)."""
+    return math_scores(gold, completion)["accuracy"] + (format_term(completion) if format_term is not None else 0.0)

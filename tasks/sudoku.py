@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tasks.base import Item
-from tasks.data import local_data_dir, packaged_file, read_csv_rows
+from tasks.data import Splits, drawn_split, local_data_dir, local_or_packaged, read_csv_rows
 from tasks.extract import last_tag_content
 
 SIZE, BOX = 4, 2
@@ -37,6 +37,7 @@ BLANK = "0"
 BLANKS_PER_PUZZLE = 8  # as in every puzzle of d1's test set
 TRAIN_SIZE, TRAIN_SEED = 20_000, 1234
 VALIDATION_SIZE, VALIDATION_SEED = 500, 5678
+DRAWS = {"train": (TRAIN_SIZE, TRAIN_SEED), "validation": (VALIDATION_SIZE, VALIDATION_SEED)}
 MAX_DRAWS_PER_PUZZLE = 100  # generate_puzzles gives up rather than loop forever when few puzzles remain
 TEST_FILE = Path("sudoku") / "test.csv"
 """Under a local data folder, else in the package (d1's `dataset/4x4_test_sudoku.csv`, tasks/packaged/README.md)."""
@@ -161,27 +162,16 @@ class Sudoku:
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = local_data_dir(data_dir)
-        self._splits: dict[str, tuple[Item, ...]] = {}
+        self._splits = Splits("sudoku", ("train", "validation", "test"), self._make)
 
     def load(self, split: str) -> Sequence[Item]:
-        if split not in self._splits:
-            if split == "test":
-                items = self._load_test()
-            elif split == "train":
-                items = generate_puzzles(TRAIN_SIZE, TRAIN_SEED, self._puzzles("test"))
-            elif split == "validation":  # disjoint from train too, so it can pick checkpoints fairly
-                exclude = self._puzzles("test") | self._puzzles("train")
-                items = generate_puzzles(VALIDATION_SIZE, VALIDATION_SEED, exclude)
-            else:
-                raise ValueError(f"unknown split {split!r} for task 'sudoku'; expected train, validation or test")
-            self._splits[split] = tuple(items)
-        return self._splits[split]
+        return self._splits(split)
 
-    def _puzzles(self, split: str) -> set[str]:
-        return {item.prompt_text for item in self.load(split)}
-
-    def _load_test(self) -> list[Item]:
-        path = packaged_file(TEST_FILE) if self.data_dir is None else self.data_dir / TEST_FILE
+    def _make(self, split: str) -> list[Item]:
+        """d1's test puzzles from the file; train and validation puzzles generated, none repeating a test one."""
+        if split != "test":
+            return drawn_split(split, DRAWS, generate_puzzles, self.load, key=lambda item: item.prompt_text)
+        path = local_or_packaged(self.data_dir, TEST_FILE)
         rows = read_csv_rows(path, COLUMNS, check=_row_problem)
         return [Item(f"sudoku/test/{i}", row["Puzzle"], row["Solution"], {"source": str(path)})
                 for i, row in enumerate(rows)]

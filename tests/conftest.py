@@ -24,14 +24,16 @@ from typing import ClassVar
 import pytest
 import torch
 
+from tasks import TASKS
 from tasks.data import packaged_root, packaged_tasks
 
 NO_SKIP_ENV = "DLLM_HARNESS_NO_SKIP"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PACKAGED_TASKS = packaged_tasks()
 """Tasks whose test data ships in the package (tasks/packaged/); the others need the large evaluation sets."""
-LARGE_SETS = ("gsm8k/test.jsonl", "math500/test.jsonl", "humaneval/HumanEval.jsonl.gz", "mbpp/mbpp.jsonl")
-"""What `needs_data` tests read from the data folder (the README of ../shared/data lists them)."""
+LARGE_SETS = tuple(sorted(set(TASKS) - PACKAGED_TASKS))
+"""The tasks whose data `needs_data` tests read from the data folder (`<dir>/<task>/`, the README of ../shared/data
+lists the files): every registered task that ships no data, derived so that adding a task never means editing it."""
 
 # Tests never touch the network or the user's caches.
 if "DLLM_HARNESS_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
@@ -53,7 +55,7 @@ def task_param(task: str) -> pytest.ParameterSet:
 
 
 def missing_large_sets() -> list[str]:
-    return [name for name in LARGE_SETS if TEST_DATA is None or not (TEST_DATA / name).is_file()]
+    return [task for task in LARGE_SETS if TEST_DATA is None or not (TEST_DATA / task).is_dir()]
 
 
 def skip_reason() -> str:
@@ -63,7 +65,7 @@ def skip_reason() -> str:
 
 
 def large_data_dir() -> Path:
-    """The data folder holding GSM8K, MATH500, HumanEval and MBPP; skips the calling test when there is none."""
+    """The data folder holding every large set (`LARGE_SETS`); skips the calling test when there is none."""
     if missing_large_sets():
         pytest.skip(skip_reason())
     assert TEST_DATA is not None
@@ -337,3 +339,14 @@ def dream_folder(tmp_path: Path, seed: int = 0) -> Path:
                auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"})
     (folder / "config.json").write_text(json.dumps(raw))
     return folder
+
+
+def run_config(objective: str, n_t: int | None = None, seed: int = 0, mu: int = 2, steps: int = 2,
+               task: str = "sudoku"):  # noqa: ANN201
+    """The typed config of a hand-made run record: the objective's defaults with ``n_t``, and the given loop."""
+    from harness.loop.trainer import TrainConfig
+    from harness.runs.config import RunConfig
+    from harness.runs.sweep import objective_config
+
+    return RunConfig(objective=objective, objective_config=objective_config(objective, n_t), task=task, seed=seed,
+                     train=TrainConfig(mu=mu, steps=steps))

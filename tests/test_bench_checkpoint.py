@@ -34,7 +34,8 @@ def test_checkpoints_hold_the_trainable_weights_and_saving_every_step_costs_trai
     for row in (full, lora):
         assert row["total_bytes"] == row["weights_bytes"] + row["optimizer_bytes"] + row["other_bytes"] > 0
         assert row["weights_bytes"] > 0 and row["optimizer_bytes"] > 0 and row["other_bytes"] > 0
-        assert row["save_s"] > 0 and row["validate_s"] > 0 and row["load_s"] > 0
+        assert row["save_s"] > 0 and row["validate_s"] > 0 and row["load_s"] > 0 and row["reference_s"] > 0
+        assert len(row["save_repeats_s"]) == 1 and row["load_ratio"] == row["load_s"] / row["reference_s"]
         # The weights file is its safetensors header plus 4 bytes (float32) per trainable parameter, nothing else.
         assert row["weights_bytes"] - row["weights_header_bytes"] == row["trainable_bytes"] == 4 * row["trainable"]
         # AdamW keeps two moments per trainable parameter (+ step counters and pickling).
@@ -47,11 +48,14 @@ def test_checkpoints_hold_the_trainable_weights_and_saving_every_step_costs_trai
     assert not list((tmp_path / "scratch").iterdir())  # every round's folder deleted
 
     overhead = result["overhead"]
-    assert overhead["saves_per_run"] == 2 and len(overhead["save_s"]) == 4  # 2 runs with saving x 2 saves
-    assert all(s > 0 for s in overhead["save_s"]) and overhead["ratio"] > 0
+    assert overhead["saves_per_run"] == 2 and len(overhead["save_repeats_s"]) == 4  # 2 runs with saving x 2 saves
+    assert all(s > 0 for s in overhead["save_repeats_s"]) and overhead["ratio"] > 0
+    assert overhead["reference_s"] > 0 and overhead["save_ratio"] == overhead["save_s"] / overhead["reference_s"]
     assert [len(v) for v in overhead["train_s"].values()] == [2, 2]
 
     text = checkpoint_markdown(result)
+    assert "| save s | validate s | load s | reference s |" in text
     for row in (full, lora):
         assert f"| {row['shape']} | {row['parameters']:,} | {row['trainable']:,} |" in text
+        assert f"| {row['save_s']:.2f} ({row['save_ratio']:.1f}x) |" in text
     assert f"with --save-every 1 / without = **{overhead['ratio']:.2f}x** (2 steps, 2 saves of" in text

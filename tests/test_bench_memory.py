@@ -36,19 +36,22 @@ def test_ratios_on_hand_made_rows() -> None:
 def test_every_objective_is_measured_and_bgpo_stays_flat_while_vrpo_grows() -> None:
     device = torch.device("cpu")
     load, batch, described = bench_inputs("llama-tiny", device, torch.float32, 4, 8, 16)
-    rows = memory_rows(load, batch, ["bgpo", "vrpo", "diffu-grpo"], [1, 4], [0], device)
+    rows = memory_rows(load, batch, ["bgpo", "vrpo", "diffu-grpo"], [1, 4], [0], device, repeats=2)
     assert [(r["objective"], r["n_t"]) for r in rows] == [("bgpo", 1), ("bgpo", 4), ("vrpo", 1), ("vrpo", 4),
                                                           ("diffu-grpo", None)]
-    assert all(r["outcome"] == "ok" and r["time/update_tracked_s"] > 0 for r in rows)
+    # Each row: 2 timed updates, their median, the reference computation timed around them and the ratio.
+    assert all(r["outcome"] == "ok" and len(r["time/update_tracked_repeats_s"]) == 2 and r["reference_s"] > 0
+               and r["time/update_tracked_ratio"] == r["time/update_tracked_s"] / r["reference_s"] for r in rows)
     peaks = {(r["objective"], r["n_t"]): r[ACT] for r in rows}
     assert peaks[("vrpo", 4)] > 2 * max(peaks[("bgpo", 4)], peaks[("bgpo", 1)])  # 4 graphs alive against 1
     assert "4 sequences of 8 prompt + 16 completion tokens" in described
 
 
 def test_an_out_of_memory_is_a_result_and_ends_that_objective(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_update = budget.update
+    real_update, tried = budget.update, []
 
     def update(policy, objective, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        tried.append(objective.config.n_t)
         if objective.config.n_t >= 4:
             raise torch.OutOfMemoryError("CUDA out of memory (planted)")
         return real_update(policy, objective, *args, **kwargs)
@@ -56,8 +59,9 @@ def test_an_out_of_memory_is_a_result_and_ends_that_objective(monkeypatch: pytes
     monkeypatch.setattr(budget, "update", update)
     device = torch.device("cpu")
     load, batch, _ = bench_inputs("llama-tiny", device, torch.float32, 2, 4, 8)
-    rows = memory_rows(load, batch, ["bgpo"], [1, 2, 4, 8], [1024], device)
+    rows = memory_rows(load, batch, ["bgpo"], [1, 2, 4, 8], [1024], device, repeats=2)
     assert [(r["n_t"], r["outcome"]) for r in rows] == [(1, "ok"), (2, "ok"), (4, "oom")]  # 8 is not tried
+    assert tried == [1, 1, 2, 2, 4]  # an out-of-memory is not repeated
     result = {"model": "llama-tiny", "dtype": "float32", "batch": "b", "rows": rows, "activation_growth": {},
               "chunk_ratios": [], "device": {"name": "cpu"}}
     assert "| bgpo | 4 | 1024 | oom | - |" in memory_markdown(result)
@@ -67,7 +71,7 @@ def test_an_out_of_memory_is_a_result_and_ends_that_objective(monkeypatch: pytes
 def test_the_command_writes_its_table_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     result = run_main("bench", "memory", "--model", "llama-tiny", "--objectives", "bgpo", "--nt", "1,2",
-                       "--prompt-length", "4", "--gen-length", "8", "--logits-chunk", "0,4", "--out",
+                       "--prompt-length", "4", "--rollout-gen-length", "8", "--logits-chunk", "0,4", "--out",
                        str(tmp_path), cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode == 0, result.stderr
     result = json.loads((tmp_path / "bench" / "memory-llama-tiny.json").read_text())

@@ -8,6 +8,8 @@ for A < 0 (Jensen).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import flat_gradient, loss_and_gradients, loss_value, make_batch, make_policy, perturb
@@ -53,10 +55,10 @@ def test_bgpo_equals_vrpo_on_policy_in_value_and_gradient(n_t: int) -> None:
 def test_bgpo_with_micro_batches_matches_full_batch() -> None:
     policy = make_policy()
     batch = make_batch(policy, seed=3)
-    full = BGPO(BGPOConfig(n_t=4))
-    micro = BGPO(BGPOConfig(n_t=4, micro_batch_size=5))
-    v_f, g_f = value_and_grad(policy, full, full.prepare(policy, batch, 1), 0)
-    v_m, g_m = value_and_grad(policy, micro, micro.prepare(policy, batch, 1), 0)
+    bgpo = BGPO(BGPOConfig(n_t=4))
+    v_f, g_f = value_and_grad(policy, bgpo, bgpo.prepare(policy, batch, 1), 0)
+    micro = dataclasses.replace(batch, micro_batch_size=5)  # TrainConfig.micro_batch_size, carried by the batch
+    v_m, g_m = value_and_grad(policy, bgpo, bgpo.prepare(policy, micro, 1), 0)
     assert v_f == pytest.approx(v_m, abs=1e-12)
     assert float((g_f - g_m).norm() / g_f.norm()) < 1e-10
 
@@ -78,12 +80,6 @@ def test_lower_bound_branch_never_yields_nan_gradients_for_huge_d() -> None:
     assert d.grad.tolist() == pytest.approx([1.0, -torch.exp(torch.tensor(-5.0)).item()])
 
 
-def _fill_old_terms(policy, objective, prepared) -> None:
-    with torch.no_grad():
-        for _ in objective.loss_terms(policy, prepared, inner=0):
-            pass
-
-
 def _off_policy_value(policy, objective, prepared) -> float:
     with torch.no_grad():
         return loss_value(objective, policy, prepared, inner=1)
@@ -102,9 +98,7 @@ def test_bgpo_is_a_lower_bound_of_vrpo_off_policy(advantages: list[float], scale
         single = torch.zeros_like(adv)
         single[i] = adv[i]
         per_sequence.append(single)
-    prepared = [(obj, obj.prepare(policy, batch, mu=2)) for obj in (bgpo, vrpo)]
-    for obj, prep in prepared:
-        _fill_old_terms(policy, obj, prep)
+    prepared = [(obj, obj.prepare(policy, batch, mu=2)) for obj in (bgpo, vrpo)]  # old terms at theta_old
     perturb(policy, scale, seed)
     # Loss = -objective, so "bound <= objective" reads "BGPO loss >= VRPO-OL loss".
     loss_b = _off_policy_value(policy, bgpo, prepared[0][1])
@@ -125,9 +119,7 @@ def test_vrpo_exact_has_vrpo_ols_value_and_gradient_off_policy(clip_eps: float |
     batch = make_batch(policy, seed=5)
     config = VRPOConfig(n_t=4, clip_eps=clip_eps)
     objectives = (VRPO(config), VRPOExact(config), BGPO(BGPOConfig(n_t=4, clip_eps=clip_eps)))
-    prepared = [obj.prepare(policy, batch, mu=2) for obj in objectives]
-    for obj, prep in zip(objectives, prepared, strict=True):
-        _fill_old_terms(policy, obj, prep)
+    prepared = [obj.prepare(policy, batch, mu=2) for obj in objectives]  # old terms at theta_old
     perturb(policy, 0.05, seed=1)
     (v_vrpo, g_vrpo), (v_exact, g_exact), (_, g_bgpo) = (value_and_grad(policy, obj, prep, inner=1)
                                                           for obj, prep in zip(objectives, prepared, strict=True))

@@ -78,7 +78,7 @@ def comparable(record: RunRecord) -> dict:
     """What a resumed run must reproduce: all but wall times (and what is timed around the run)."""
     steps = [{k: v for k, v in s.metrics.items() if not k.startswith("time/")} for s in record.steps]
     return {"fingerprint": record.fingerprint, "outcome": record.outcome, "steps": steps,
-            "evals": [e.to_json() for e in record.evals], "config": record.config}
+            "evals": [e.to_json() for e in record.evals], "config": record.config.to_dict()}
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -97,7 +97,7 @@ def assert_same_runs(whole: Path, resumed: Path, ids: list[str] | None = None) -
         assert comparable(got[run_id]) == comparable(expected[run_id]), run_id
         rewards = [s.metrics["reward"] for s in got[run_id].steps]
         assert max(rewards) > 0  # updates were not all zero (LoRA r = 4 learns slower than the full model)
-        if got[run_id].config["policy"]["lora_r"] == 0:
+        if got[run_id].config.policy.lora_r == 0:
             assert rewards[-1] > rewards[0] + 0.5, rewards
         final_expected, final_got = weights(Path(expected[run_id].policy_path)), weights(Path(got[run_id].policy_path))
         assert final_got.keys() == final_expected.keys()
@@ -199,7 +199,7 @@ def test_harness_eval_of_the_exported_policies_equals_each_runs_final_accuracy(
     for run_id, record in records(whole).items():
         export = Path(record.policy_path)
         assert export == whole / "policies" / run_id / "final"
-        lora = record.config["policy"]["lora_r"] > 0
+        lora = record.config.policy.lora_r > 0
         assert sorted(p.name for p in export.parent.iterdir()) == ["final", "final-llada", "step-4", "step-8"]
         llada = Policy.from_pretrained(export.parent / "final-llada")  # LLaDA's layout, read by the native loader
         assert llada.model.family.name == "llada"

@@ -30,9 +30,9 @@ BAD_INPUT = [
     pytest.param(["bench", "memory", "--nt", "0"], ["--nt", "'0'"], id="bench-memory-nt-zero"),
     pytest.param(["bench", "memory", "--model", "gpt-9"], ["--model", "'gpt-9'"], id="bench-memory-unknown-model"),
     pytest.param(["gradstats", "--objectives", "diffu-grpo"], ["--objectives", "diffu-grpo"], id="gradstats-no-nt"),
-    pytest.param(["gradstats", "--estimators", "t-id"], ["--estimators", "'t-id'"], id="gradstats-estimator"),
+    pytest.param(["gradstats", "--estimator", "t-id"], ["--estimator", "'t-id'"], id="gradstats-estimator"),
     pytest.param(["gradstats", "--repeats", "1"], ["--repeats", "1"], id="gradstats-one-repeat"),
-    pytest.param(["gradstats", "--objectives", "spg", "--estimators", "own", "--nt", "1,2"], ["--nt 1", "spg (block)"],
+    pytest.param(["gradstats", "--objectives", "spg", "--estimator", "own", "--nt", "1,2"], ["--nt 1", "spg (block)"],
                  id="gradstats-inadmissible-nt"),
     pytest.param(["leaderboard", "--reference", "vrpo:x"], ["--reference", "'vrpo:x'"], id="leaderboard-reference"),
     pytest.param(["bench", "memory", "--logits-chunk", "x"], ["--logits-chunk", "'x'"], id="bench-memory-bad-chunk"),
@@ -49,7 +49,7 @@ BAD_INPUT = [
     pytest.param(["check", "--baseline", "missing.json", "--results", "r.jsonl"], ["--baseline", "missing.json"],
                  id="missing-baseline"),
     pytest.param(["leaderboard", "missing.jsonl"], ["missing.jsonl"], id="missing-results-file"),
-    pytest.param(["bench", "budget", "--shape", "gpt-9", "--device", "cpu"], ["--shape", "'gpt-9'"],
+    pytest.param(["bench", "budget", "--model", "gpt-9", "--device", "cpu"], ["--model", "'gpt-9'"],
                  id="unknown-model-shape"),
     # rejected by the flag parser (typer's vendored click) rather than by our own checks
     pytest.param(["compare", "--steps", "x"], ["--steps"], id="steps-not-a-number"),
@@ -126,15 +126,15 @@ def test_compare_smoke_writes_complete_records(tmp_path: Path) -> None:
 
 
 def check_record(record: RunRecord, model_dir: str) -> None:
-    cfg = record.config
+    cfg = record.config.to_dict()
     name = cfg["objective"]
     if name in ("bgpo", "vrpo"):
-        assert cfg["objective_config"]["n_t"] == 2
+        assert record.config.objective_config.n_t == 2
     assert cfg["model"] == model_dir and cfg["task"] == "sudoku" and cfg["seed"] == 0
-    assert cfg["train"]["steps"] == 2 and cfg["train"]["mu"] == 2 and cfg["eval"]["limit"] == EVAL_LIMIT
+    assert record.config.train.steps == 2 and record.config.train.mu == 2 and record.config.eval.limit == EVAL_LIMIT
     for phase in ("train", "eval"):
         assert DECODING_FIELDS <= set(cfg[phase]["rollout"])  # both decoding protocols are in the config
-    assert cfg["eval"]["rollout"]["temperature"] == 0.0  # greedy evaluation
+    assert record.config.eval.rollout.temperature == 0.0  # greedy evaluation
     assert record.fingerprint and record.run_id.endswith(record.fingerprint[:8]) and record.world_size == 1
 
     steps = record.steps

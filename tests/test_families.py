@@ -74,8 +74,8 @@ def test_compare_trains_and_evaluates_the_llada_layout_checkpoint(tmp_path: Path
         assert record.evals[-1].metrics["cell_accuracy"].n == 4
         for step in record.steps:  # a random model earns no reward, so the gradient may be 0: the steps ran
             assert step.metrics["time/update_s"] > 0 and step.metrics["time/rollout_s"] > 0
-        assert record.config["model"] == str(folder) and record.world_size == 1
-        assert record.config["policy"]["lora_r"] == 4 and record.config["policy"]["gradient_checkpointing"]
+        assert record.config.model == str(folder) and record.world_size == 1
+        assert record.config.policy.lora_r == 4 and record.config.policy.gradient_checkpointing
 
 
 # ---- Dream: shifted logits -------------------------------------------------------------------------------------------

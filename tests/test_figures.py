@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_main
+from conftest import run_config, run_main
 
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate
@@ -26,10 +26,9 @@ def run(objective: str, n_t: int | None, seed: int, after: float, rewards: list[
                   for i, (r, u) in enumerate(zip(rewards, update_s, strict=True)))
     evals = (EvalResult({"cell_accuracy": Estimate(0.5, 0.4, 0.6, 8)}, [], 0),
              EvalResult({"cell_accuracy": Estimate(after, after, after, 8)}, [], 3))
-    config = {"task": "sudoku", "objective": objective, "objective_config": {"n_t": n_t} if n_t else {},
-              "seed": seed, "train": {"mu": 2, "steps": 3}}
-    return RunRecord(run_id=f"{objective}-{n_t}-{seed}", fingerprint="f", config=config, task_version="1",
-                     world_size=1, outcome=outcome, steps=steps, evals=evals if outcome == "ok" else evals[:1])
+    return RunRecord(run_id=f"{objective}-{n_t}-{seed}", fingerprint="f",
+                     config=run_config(objective, n_t, seed, steps=3), task_version="1", world_size=1,
+                     outcome=outcome, steps=steps, evals=evals if outcome == "ok" else evals[:1])
 
 
 RECORDS = [

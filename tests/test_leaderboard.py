@@ -8,6 +8,7 @@ The browser is Debian's ``chromium`` driven by Playwright (Playwright's own brow
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from harness.report.leaderboard import CSV_FIELDS, RANGE_MARK, aggregate, markdown, write_leaderboard
+from harness.runs.summary import RunSummary
 
 CHROMIUM = "/usr/bin/chromium"
 TITLE = "Bench <b> & co"
@@ -27,13 +29,14 @@ def _est(mean: float, low: float | None = None, high: float | None = None) -> di
 
 def _row(task: str, objective: str, n_t: int | None, mu: int, seed: int, outcome: str = "ok", after: Any = None,
          before: float = 0.2, total: float | None = None, act: float | None = None, step_s: float | None = None,
-         ratio: float | None = None, curve: list[float] | None = None) -> dict[str, Any]:
-    return {"run_id": f"{task}-{objective}-{n_t}-{mu}-{seed}", "sweep": "s", "task": task, "objective": objective,
+         ratio: float | None = None, curve: list[float] | None = None) -> RunSummary:
+    return RunSummary.from_json({
+            "run_id": f"{task}-{objective}-{n_t}-{mu}-{seed}", "sweep": "s", "task": task, "objective": objective,
             "n_t": n_t, "mu": mu, "seed": seed, "steps": 3, "outcome": outcome,
             "error": None if outcome == "ok" else "boom", "metric": "cell_accuracy" if task == "sudoku" else "accuracy",
             "before": _est(before), "after": (after if isinstance(after, dict) else _est(after)) if after is not None
             else None, "peak_total_mb": total, "peak_activations_mb": act, "step_s": step_s, "reference_s": 1.0,
-            "step_time_ratio": ratio, "reward_curve": curve or [], "device": "cpu", "git_commit": None}
+            "step_time_ratio": ratio, "reward_curve": curve or [], "device": "cpu", "git_commit": None})
 
 
 ROWS = [
@@ -192,7 +195,7 @@ def test_browser_check_catches_script_error(tmp_path: Path, browser: Any) -> Non
 
 
 def test_runs_of_different_lengths_are_different_entries() -> None:
-    short = [dict(r, steps=3) for r in ROWS if r["objective"] == "diffu-grpo"]
-    longer = [dict(r, steps=30, run_id=r["run_id"] + "-long") for r in short]
+    short = [dataclasses.replace(r, steps=3) for r in ROWS if r.objective == "diffu-grpo"]
+    longer = [dataclasses.replace(r, steps=30, run_id=r.run_id + "-long") for r in short]
     entries = aggregate(short + longer)
     assert [(e["objective"], e["steps"]) for e in entries] == [("diffu-grpo", 3), ("diffu-grpo", 30)]

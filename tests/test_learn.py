@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import save_model
+from conftest import run_config, save_model
 from typer.testing import CliRunner
 
 from harness.cli.main import app, main
@@ -61,8 +61,8 @@ def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
         assert len(record.steps) == STEPS and len(record.after.items) == EVAL_LIMIT
         assert {"id", "completion", "cell_accuracy", "solved", "valid"} == set(record.after.items[0])
         assert record.peak_memory()["mem/peak_activations_mb"] > 0 and record.step_time() > 0
-        assert record.config["eval"]["rollout"]["temperature"] == 0.0  # greedy evaluation
-        assert record.config["eval"]["every"] == 1
+        assert record.config.eval.rollout.temperature == 0.0  # greedy evaluation
+        assert record.config.eval.every == 1
     bgpo = next(r for r in records if r.objective == "bgpo")
     assert bgpo.n_t == 16  # the recipe's arm: BGPO at n_t = 16
     assert len({json.dumps(r.before.summary()) for r in records}) == 1  # step 0: the shared base evaluation
@@ -132,12 +132,10 @@ BASE = evaluation(0, BASE_CELL, [0.0] * 4)
 
 
 def record(objective: str, mu: int, seed: int, cell: list[float], solved: list[float]) -> RunRecord:
-    n_t = {"n_t": 16} if objective == "bgpo" else {}
     steps = (StepMetrics(0, {"reward": 0.25, "time/step_s": 1.0 + seed, "mem/peak_total_mb": 10.0 + seed}),
              StepMetrics(1, {"reward": 0.5 + seed, "time/step_s": 1.0 + seed}))
     return RunRecord(run_id=f"{objective}-mu{mu}-s{seed}", fingerprint="f", task_version="1", world_size=1,
-                     config={"task": "sudoku", "objective": objective, "objective_config": n_t, "seed": seed,
-                             "train": {"mu": mu, "steps": 2}},
+                     config=run_config(objective, 16 if objective == "bgpo" else None, seed, mu),
                      steps=steps, evals=(BASE, evaluation(2, cell, solved)))
 
 

@@ -7,6 +7,7 @@ an update is the sum of its terms' gradients, and the value the sum of their val
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import inspect
@@ -31,12 +32,14 @@ def build(name: str, **overrides):
     return OBJECTIVES[name](dataclasses.replace(config, **overrides))
 
 
-def setup(name: str, seed: int = 0, **overrides):
+def setup(name: str, seed: int = 0, micro_batch_size: int = 0, **overrides):
+    """A tiny float64 policy, the objective (``build``) and a scored batch of 12 sequences whose objective passes
+    take ``micro_batch_size`` sequences each (the run's setting, carried by the batch)."""
     policy = make_policy(hidden=16, layers=2, seed=seed)
     objective = build(name, **overrides)
     if objective.needs_reference:
         policy.snapshot_reference()
-    return policy, objective, make_batch(policy, seed=seed)
+    return policy, objective, dataclasses.replace(make_batch(policy, seed=seed), micro_batch_size=micro_batch_size)
 
 
 def run_update(policy, objective, prepared, inner: int, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -102,6 +105,32 @@ def test_two_updates_per_batch_run_and_the_second_sees_the_new_parameters(name: 
     assert torch.isfinite(loss1) and torch.isfinite(grad1).all()
     assert abs(float(loss1) - float(loss0)) > 1e-6
     assert grad1.norm() > 0 and not torch.allclose(grad0, grad1)
+
+
+def same(a, b) -> bool:  # noqa: ANN001
+    """Equal field for field, tensors element for element (a prepared batch and its copy)."""
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if dataclasses.is_dataclass(a):
+        return type(a) is type(b) and all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(same, a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prepare_computes_every_old_policy_term_and_the_updates_change_nothing_of_it(name: str) -> None:
+    # The old policy's terms are computed in ``prepare``, before update 0, never as a side effect of an update.
+    policy, objective, batch = setup(name, seed=5)
+    prepared = objective.prepare(policy, batch, mu=2)
+    before = copy.deepcopy(prepared)
+    run_update(policy, objective, prepared, inner=0)
+    perturb(policy, 0.05, seed=5)
+    run_update(policy, objective, prepared, inner=1)
+    assert same(prepared, before)
+    if hasattr(prepared, "old_terms"):  # the ELBO objectives; at mu = 1 only a KL needs them (update 0: theta_old)
+        assert prepared.old_terms is not None
+        assert (objective.prepare(policy, batch, mu=1).old_terms is None) == (not objective.needs_reference)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_config
 
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate, paired_bootstrap_seeds
 from harness.report.paired import paired_column, paired_results, parse_reference
 from harness.report.tables import markdown_table
 from harness.runs.records import RunRecord
+from harness.runs.summary import RunSummary
 from tasks import TASKS
 
 ITEMS = 500
@@ -22,10 +24,9 @@ def record(objective: str, scores: list[float], seed: int = 0, n_t: int | None =
     items = [{"id": f"item-{i}", "completion": "", metric: s} for i, s in enumerate(scores)]
     mean = float(np.mean(scores))
     evaluation = EvalResult({metric: Estimate(mean, mean, mean, len(scores))}, items, step=2)
-    config = {"task": task, "objective": objective, "objective_config": {"n_t": n_t} if n_t else {}, "seed": seed,
-              "train": {"mu": 2, "steps": 2}}
-    return RunRecord(run_id=f"{objective}-{n_t}-{seed}", fingerprint="f", config=config, task_version="1",
-                     world_size=1, steps=(), evals=(evaluation, evaluation))
+    return RunRecord(run_id=f"{objective}-{n_t}-{seed}", fingerprint="f",
+                     config=run_config(objective, n_t, seed, task=task), task_version="1", world_size=1, steps=(),
+                     evals=(evaluation, evaluation))
 
 
 def alternating(ones_every: int, shift: int = 0) -> list[float]:
@@ -45,9 +46,9 @@ def test_a_planted_ten_point_difference_on_500_items_is_significant() -> None:
     better = list(reference)
     for i in range(1, 100, 2):  # 50 more items right: +10 points
         better[i] = 1.0
-    cells = paired_column([record("bgpo", reference), record("spg", better, n_t=None)])
+    cells = paired_column([record("bgpo", reference), record("wd1", better, n_t=None)])
     assert cells[("sudoku", "bgpo", 4, 2, 2)] == "ref"
-    text = cells[("sudoku", "spg", None, 2, 2)]
+    text = cells[("sudoku", "wd1", None, 2, 2)]
     # The paired differences are 50 ones and 450 zeros: mean 0.1, standard error sqrt(0.1 * 0.9 / 500) = 1.34 points,
     # so the 95% interval is about [+7.4, +12.6]; no resample of 500 items reaches 0: p below 1 / resamples.
     assert text.startswith("+10.0 [+7.") and text.endswith("p<0.0001")
@@ -111,9 +112,10 @@ def test_the_leaderboard_prints_the_paired_column(tmp_path) -> None:  # noqa: AN
     reference = alternating(2)
     better = [1.0 if i < 100 and i % 2 else s for i, s in enumerate(reference)]
     records = [record("bgpo", reference), record("vrpo", better)]
-    rows = [{"run_id": r.run_id, "task": "sudoku", "objective": r.objective, "n_t": r.n_t, "mu": 2, "steps": 2,
+    rows = [RunSummary.from_json({
+             "run_id": r.run_id, "task": "sudoku", "objective": r.objective, "n_t": r.n_t, "mu": 2, "steps": 2,
              "seed": 0, "outcome": "ok", "metric": "cell_accuracy", "before": {"mean": 0.5, "low": 0.4, "high": 0.6},
-             "after": {"mean": float(np.mean(s)), "low": 0.4, "high": 0.7}}
+             "after": {"mean": float(np.mean(s)), "low": 0.4, "high": 0.7}})
             for r, s in zip(records, (reference, better), strict=True)]
     paths = write_leaderboard(rows, tmp_path, "T", paired_results(records), "bgpo")
     text = paths["md"].read_text()

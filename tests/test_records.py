@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_config
 
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate
 from harness.loop.trainer import TrainConfig
+from harness.model.policy import PolicyConfig
 from harness.runs import records
-from harness.runs.config import RunConfig, protocol_fingerprint
+from harness.runs.config import LEGACY_RANDOMNESS, RunConfig, protocol_fingerprint
 from harness.runs.records import (
     SCHEMA_VERSION,
     RunRecord,
@@ -122,7 +124,7 @@ def test_environment_has_versions_device_and_commit_and_is_json() -> None:
 
 def _config(objective: str = "bgpo", n_t: int | None = 4, seed: int = 0, **train: float) -> RunConfig:
     return RunConfig(objective=objective, objective_config=objective_config(objective, n_t), seed=seed,
-                     train=dataclasses.replace(TrainConfig(), **train))
+                     train=dataclasses.replace(TrainConfig(mu=1), **train))
 
 
 def test_run_id_is_stable_for_equal_configs() -> None:
@@ -157,15 +159,25 @@ def prefix(run_id: str) -> str:
     return run_id.rsplit("-", 1)[0]
 
 
+def stored_config(name: str, every: int) -> dict:
+    """A v1 record's config as stored, with the evaluation cadence it ran with (what the migration hashes)."""
+    config = json.loads((V1 / name).read_text())["config"]
+    config["eval"]["every"] = every
+    return config
+
+
 def test_a_v1_compare_record_migrates_to_the_fingerprint_a_fresh_run_of_its_settings_gets() -> None:
     record = read_record(V1 / "v1-compare.json")  # a committed `harness compare` record of schema 1, items cut to 3
     planned = {prefix(c.run_id()): c for c in plan_runs(RECIPES["compare"])}[prefix(record.run_id)]
     assert record.schema_version == SCHEMA_VERSION == 2 and record.ok
-    # Recomputed from its config with eval.every (the v1 fingerprint lacked it); not a fresh run's: that draws its
-    # random numbers per row (config.RANDOMNESS), which the record's config does not say.
-    assert record.fingerprint == protocol_fingerprint(record.config, record.task_version) != "5c2138fa6fed752e"
-    assert "randomness" not in record.config and record.fingerprint != planned.fingerprint()
-    assert record.config["eval"]["every"] == 0 and [e.step for e in record.evals] == [0, 30]
+    # Recomputed from its stored config with eval.every (the v1 fingerprint lacked it); not a fresh run's: that draws
+    # its random numbers per row (config.RANDOMNESS), which the record's config does not say. The typed config reads
+    # back with the fields added since at their defaults, and the old randomness.
+    stored = stored_config("v1-compare.json", every=0)
+    assert record.fingerprint == protocol_fingerprint(stored, record.task_version) != "5c2138fa6fed752e"
+    assert record.config.randomness == LEGACY_RANDOMNESS and record.fingerprint != planned.fingerprint()
+    assert record.config.eval.every == 0 and [e.step for e in record.evals] == [0, 30]
+    assert record.config.policy == PolicyConfig() and record.config.key == planned.key
     assert record.before.summary()["cell_accuracy"]["mean"] == 0.5655
     assert record.after.summary()["cell_accuracy"] == {"mean": 0.598, "low": 0.5792437500000001,
                                                        "high": 0.61750625, "n": 500}
@@ -175,8 +187,9 @@ def test_a_v1_compare_record_migrates_to_the_fingerprint_a_fresh_run_of_its_sett
 def test_a_v1_learn_record_migrates_to_the_same_schema_with_its_curve_as_evaluations() -> None:
     record = read_record(V1 / "v1-learn.json")  # a committed `harness bench learn` record of schema 1
     planned = {prefix(c.run_id()): c for c in plan_runs(RECIPES["learn"])}[prefix(record.run_id)]
-    assert record.fingerprint == protocol_fingerprint(record.config, record.task_version) != planned.fingerprint()
-    assert record.config["eval"]["every"] == 25
+    stored = stored_config("v1-learn.json", every=25)
+    assert record.fingerprint == protocol_fingerprint(stored, record.task_version) != planned.fingerprint()
+    assert record.config.eval.every == 25 and record.config.key == planned.key
     assert [e.step for e in record.evals] == [0, 25, 50, 75, 100]
     assert record.after.summary()["cell_accuracy"] == {"mean": 0.594, "low": 0.5755, "high": 0.612, "n": 500}
     middle = record.evals[1].metrics["cell_accuracy"]  # curve points had no intervals: NaN bounds, not made up
@@ -185,9 +198,7 @@ def test_a_v1_learn_record_migrates_to_the_same_schema_with_its_curve_as_evaluat
 
 def test_a_record_written_is_read_back_equal(tmp_path: Path) -> None:
     estimate = Estimate(0.5, 0.25, 0.75, 4)
-    record = RunRecord(run_id="r", fingerprint="f", config={"task": "sudoku", "objective": "bgpo",
-                                                             "objective_config": {"n_t": 4}, "seed": 1,
-                                                             "train": {"mu": 2, "steps": 2}},
+    record = RunRecord(run_id="r", fingerprint="f", config=run_config("bgpo", 4, seed=1),
                        task_version="1", world_size=2, outcome="nan", error="boom",
                        steps=(StepMetrics(0, {"reward": 0.5, "time/step_s": 1.5}),),
                        evals=(EvalResult({"cell_accuracy": estimate}, [{"id": "a", "cell_accuracy": 0.5}], 0),),

@@ -22,7 +22,8 @@ from objectives import OBJECTIVES
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_a_few_rl_steps_raise_the_training_reward(name: str) -> None:
     policy = make_policy(dtype=torch.float32, hidden=32, layers=1)
-    cfg = TrainConfig(steps=16, prompts_per_step=4, group_size=4, lr=3e-2, max_grad_norm=1.0, track_memory_steps=0,
+    cfg = TrainConfig(steps=16, prompts_per_step=4, group_size=4, mu=1, lr=3e-2, max_grad_norm=1.0,
+                      track_memory_steps=0,
                       rollout=RolloutConfig(gen_length=4, block_length=4, steps=4, temperature=1.0))
     objective = OBJECTIVES[name](objective_config(name, 2))
     history = train(policy, objective, SevensTask(), cfg, seed=0).steps

@@ -16,10 +16,24 @@ from conftest import save_model
 from typer.testing import CliRunner
 
 from harness.cli.main import app
-from harness.runs.check import spec_of, spec_to_mapping
+from harness.loop.evaluate import EvalConfig
+from harness.loop.trainer import TrainConfig
+from harness.model.elbo import ElboConfig
+from harness.model.policy import PolicyConfig
+from harness.model.rollout import RolloutConfig
+from harness.runs.baseline import Baseline, spec_of, spec_to_mapping
 from harness.runs.records import read_record
-from harness.runs.settings import apply_settings, get, spec_mapping, spec_settings
-from harness.runs.sweep import RECIPES, SweepSpec, load_sweep_file, plan_runs, with_objective_settings
+from harness.runs.settings import apply_settings, get, replace, spec_mapping, spec_settings
+from harness.runs.sweep import (
+    RECIPES,
+    SweepSpec,
+    load_sweep_file,
+    objective_config,
+    plan_runs,
+    validate_spec,
+    with_objective_settings,
+)
+from objectives.spg import SPGConfig
 
 SETTINGS = spec_settings(SweepSpec)
 NOT_SETTINGS = {"--set", "--out", "--help"}
@@ -84,15 +98,15 @@ def test_a_value_goes_through_flag_text_sweep_key_and_stored_spec_unchanged(key:
     assert get(from_flag, setting.path) == get(from_file, setting.path) == expected
     assert spec_mapping(from_flag, RECIPES["compare"]) == {key: value}
     if key not in ("data_dir", "log_with"):  # not stored by a baseline: where data lives, and the trackers
-        assert spec_of({"comparison": spec_to_mapping(from_flag)}, None) == from_flag
+        assert spec_of(Baseline(spec_to_mapping(from_flag)), None) == from_flag
 
 
 def test_objective_settings_and_varied_settings_survive_the_stored_spec() -> None:
     spec = apply_settings(RECIPES["compare"], {"mu": "1,2"}, "", flags=True)
     spec = with_objective_settings(spec, ["bgpo.clip_eps=0.2", "vrpo.elbo.estimator=t-iid"])
     assert spec.vary == (("mu", (1, 2)),)
-    assert spec_of({"comparison": spec_to_mapping(spec)}, None) == spec
-    assert spec_of({"comparison": spec_to_mapping(RECIPES["learn"])}, None) == RECIPES["learn"]
+    assert spec_of(Baseline(spec_to_mapping(spec)), None) == spec
+    assert spec_of(Baseline(spec_to_mapping(RECIPES["learn"])), None) == RECIPES["learn"]
 
 
 def test_a_sweep_file_reaches_every_setting_and_an_objective_table(tmp_path: Path) -> None:
@@ -138,12 +152,12 @@ def test_set_reaches_an_objectives_config_its_record_and_its_run_id(tmp_path: Pa
         (path,) = (tmp_path / name / "runs").glob("*.json")
         record = read_record(path)
         ids[name] = record.run_id
-        assert record.config["objective_config"]["clip_eps"] == (0.2 if extra else None)
+        assert record.config.objective_config.clip_eps == (0.2 if extra else None)
     assert ids["plain"] != ids["clipped"]
 
 
 @pytest.mark.parametrize(("value", "culprits"), [
-    ("bgpo.nope=1", ["--set bgpo: unknown key 'nope'", "valid: n_t, micro_batch_size, scale_by_std, clip_eps"]),
+    ("bgpo.nope=1", ["--set bgpo: unknown key 'nope'", "valid: n_t, scale_by_std, clip_eps"]),
     ("bgpo.clip_eps=wide", ["--set bgpo.clip_eps", "'wide' is not a number"]),
     ("bgp.clip_eps=0.2", ["unknown objective 'bgp'", "did you mean 'bgpo'"]),
     ("clip_eps=0.2", ["--set 'clip_eps=0.2'", "OBJECTIVE.KEY=VALUE"]),
@@ -155,3 +169,51 @@ def test_a_bad_set_is_one_line_exit_2_naming_it(value: str, culprits: list[str],
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert all(culprit in lines[0] for culprit in culprits), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+# ---- bounds: declared once as field metadata, checked by one function (harness/model/bounds.py) ----------------------
+BOUNDED = sorted(key for key, s in SETTINGS.items() if "min" in s.bounds)
+
+
+def test_the_bounded_settings_are_the_ones_the_fields_declare() -> None:
+    assert {"steps", "group_size", "mu", "micro_batch_size", "nt", "seeds", "eval_limit", "rollout_temperature",
+            "threads"} <= set(BOUNDED)
+    assert dict(SETTINGS["group_size"].bounds) == {"min": 2}
+    assert dict(SETTINGS["rollout_remasking"].bounds) == {"choices": ("low_confidence", "random")}
+
+
+@pytest.mark.parametrize("key", BOUNDED)
+def test_a_value_below_a_bound_is_one_line_naming_the_flag_and_as_a_field_naming_the_field(key: str) -> None:
+    setting = SETTINGS[key]
+    low = setting.bounds["min"] - 1
+    with pytest.raises(ValueError, match=rf"^{setting.flag}: '{low}' is not (an integer|a number) >= "):
+        apply_settings(RECIPES["compare"], {key: str(low)}, "", flags=True)
+    spec = replace(RECIPES["compare"], setting.path, (low,) if setting.is_list else setting.kind(low))
+    with pytest.raises(ValueError, match=rf"^{'.'.join(setting.path)}: {setting.kind(low)!r} is not "):
+        validate_spec(spec)
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: TrainConfig(steps=0).validate(), "steps: 0 is not an integer >= 1"),
+    (lambda: TrainConfig(rollout=RolloutConfig(temperature=-0.5)).validate(),
+     "rollout.temperature: -0.5 is not a number >= 0"),
+    (lambda: EvalConfig(batch_size=0).validate(), "batch_size: 0 is not an integer >= 1"),
+    (lambda: RolloutConfig(remasking="lowest").validate(), "remasking: 'lowest' is not one of low_confidence, random"),
+    (lambda: PolicyConfig(dtype="int8").validate(), "dtype: 'int8' is not one of float32, bfloat16, float64"),
+    (lambda: ElboConfig(block_length=-1), "block_length: -1 is not an integer >= 0"),
+    (lambda: SPGConfig(eubo_beta=0.5), "eubo_beta: 0.5 is not a number >= 1"),
+    (lambda: objective_config("spg", None, [("negative", "upper")]),
+     "--set spg.negative: 'upper' is not one of mix, eubo, elbo"),
+    (lambda: objective_config("bgpo", None, [("n_t", "0")]), "--set bgpo.n_t: '0' is not an integer >= 1"),
+], ids=["train", "nested", "eval", "choices", "dtype", "elbo", "spg", "set-choices", "set-n_t"])
+def test_every_config_is_held_to_its_declared_bounds_by_the_one_checker(build, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError) as error:
+        build()
+    assert str(error.value) == message
+
+
+def test_validate_keeps_only_the_rules_between_fields() -> None:
+    with pytest.raises(ValueError, match="block_length=3 must divide gen_length=8"):
+        RolloutConfig(gen_length=8, block_length=3).validate()
+    with pytest.raises(ValueError, match="needs n_t >= 2"):
+        SPGConfig(n_t=1)

@@ -135,8 +135,8 @@ def test_oom_nan_and_errors_are_recorded_outcomes_not_crashes(tmp_path: Path) ->
     assert "out of memory" in result.records[1].error and "RuntimeError: boom" in result.records[2].error
     assert all(r.after is None and [e.step for e in r.evals] == [0] for r in result.records)
     rows = read_results(tmp_path / "out" / "results.jsonl", pytest.fail)
-    assert [r["outcome"] for r in rows] == outcomes and all(r["after"] is None for r in rows)
-    assert rows[0]["reward_curve"] == [0.5]
+    assert [r.outcome for r in rows] == outcomes and all(r.after is None for r in rows)
+    assert rows[0].reward_curve == (0.5,)
     again = run_sweep(spec, tmp_path / "out", print, trainer=failing_runner)  # outcomes are results: not re-run
     assert again.skipped == 3
 
@@ -165,7 +165,7 @@ def test_truncated_results_line_is_reported_with_path_and_line_and_skipped(tmp_p
                     + json.dumps({**good, "run_id": "c"}) + "\n" + json.dumps({**good, "run_id": "d"})[:40])
     warnings: list[str] = []
     rows = read_results(path, warnings.append)
-    assert [r["run_id"] for r in rows] == ["a", "c"]
+    assert [r.run_id for r in rows] == ["a", "c"]
     assert warnings == [f"{path}:2: missing task, objective, n_t, mu, seed, outcome; line skipped",
                         f"{path}:5: not a complete JSON line (Unterminated string starting at, no newline: cut "
                         f"short); line skipped"]
@@ -194,7 +194,7 @@ def test_sweep_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\[sweep\]: steps: 'ten' is not an integer"):
         load_sweep_file(bad, SweepSpec())
     bad.write_text("[sweep]\nmu = [1, 2]\n[objectives.bgpo]\nclip_eps = 0.2\nnope = 1\n")
-    with pytest.raises(ValueError, match=r"\[objectives\] bgpo: unknown key 'nope'.*valid: n_t, micro_batch_size"):
+    with pytest.raises(ValueError, match=r"\[objectives\] bgpo: unknown key 'nope'.*valid: n_t, scale_by_std"):
         load_sweep_file(bad, SweepSpec())
     bad.write_text("[sweep]\nsteps = = 3\n")
     with pytest.raises(ValueError, match=r"bad.toml:2: Invalid value"):
@@ -254,7 +254,7 @@ def test_budget_bench_at_a_model_shape(tmp_path: Path) -> None:
     assert squeezed["chosen"] == {"bgpo": 4, "vrpo": 1}
     text = budget_markdown(squeezed, "X")
     assert "| vrpo | 2 | ok |" in text and text.rstrip().endswith("- vrpo: n_t = 1")
-    with pytest.raises(ValueError, match="--shape 'gpt-9'"):
+    with pytest.raises(ValueError, match="--model 'gpt-9'"):
         budget_bench("gpt-9", ["bgpo"], [1], 1, torch.device("cpu"), torch.float32, 2, 8, 16, 1)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from conftest import run_config
+
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate
 from harness.report.tables import HEADERS, comparison_table, markdown_table
@@ -28,8 +30,7 @@ def _evaluation(step: int, estimate: Estimate) -> EvalResult:
 
 def _record(objective: str, objective_config: dict, seed: int, before: Estimate, after: Estimate,
             steps: list[dict]) -> RunRecord:
-    config = {"task": "sudoku", "objective": objective, "objective_config": objective_config, "seed": seed,
-              "train": {"mu": 2, "steps": len(steps)}}
+    config = run_config(objective, objective_config.get("n_t"), seed, steps=len(steps))
     return RunRecord(run_id=f"{objective}-{seed}", fingerprint="f", config=config, task_version="1", world_size=1,
                      steps=tuple(StepMetrics(i, s) for i, s in enumerate(steps)),
                      evals=(_evaluation(0, before), _evaluation(len(steps), after)))

@@ -224,7 +224,7 @@ def test_the_package_data_is_declared_for_wheels() -> None:
 
 def test_the_packaged_tasks_are_the_registered_task_folders_of_tasks_packaged() -> None:
     assert packaged_tasks() <= set(TASKS)
-    assert PACKAGED_TASKS == packaged_tasks()  # tests/conftest.py's list agrees (until it reads packaged_tasks())
+    assert PACKAGED_TASKS == packaged_tasks()  # tests/conftest.py's list agrees
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -22,7 +22,8 @@ Departures from a real run, each deliberate:
    requeued on another node reads it from its file system, at that file system's speed.
 3. The seconds per save of the overhead runs are timed by wrapping ``checkpoint.save`` for the run's duration
    (``timed_saves``): the difference of two train times is smaller than their noise on the tiny model, and on a
-   shared machine the wall times move with the other processes (the one-minute load average is recorded beside).
+   shared machine the wall times move with the other processes (the one-minute load average is recorded beside,
+   and every median beside the reference computation timed around it: harness/bench/timing.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,8 @@ import torch
 from accelerate import Accelerator
 
 from harness.bench.memory import MODEL_SHAPES, shaped_policy
-from harness.loop import checkpoint
+from harness.bench.timing import Timing, around_reference, timed_repeats
+from harness.loop import checkpoint, metrics
 from harness.loop.checkpoint import CheckpointConfig, RunFolders, TrainingState
 from harness.loop.evaluate import EvalConfig
 from harness.loop.measure import BYTES_PER_MB
@@ -54,6 +57,7 @@ from harness.model.policy import Policy, PolicyConfig, adapt
 from harness.runs.pipeline import RunContext, resolve_model, run
 from harness.runs.records import environment
 from harness.runs.sweep import RECIPES, SweepSpec, plan_runs
+from objectives.base import ELBO_D_ABSMAX, ELBO_D_MEAN
 
 FLOAT32_SHAPES = ("tiny", "llama-tiny")
 """Shapes measured in float32 (the tiny model's own dtype); every other shape in bfloat16 (see the docstring)."""
@@ -61,21 +65,31 @@ LORA_ALPHA = 64.0
 """d1's LoRA alpha (with r = 128 on LLaDA)."""
 HISTORY_STEPS = 100
 """Steps of made-up metric history in the checkpoint's harness_state.json."""
-STEP_METRICS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "lr", "loss/policy",
-                "grad_norm", "kl", "time/rollout_s", "time/reward_s", "time/update_s", "time/step_s",
-                "mem/peak_total_mb", "mem/peak_params_mb", "mem/peak_grads_mb", "mem/peak_optimizer_mb",
-                "mem/peak_activations_mb", "mem_tracked")
+STEP_METRICS = (metrics.REWARD, metrics.REWARD_STD, metrics.FRAC_REWARD_ZERO_STD, metrics.MEAN_LENGTH, metrics.LR,
+                metrics.LOSS, metrics.GRAD_NORM, ELBO_D_MEAN, ELBO_D_ABSMAX, *map(metrics.phase_seconds,
+                metrics.PHASES), metrics.STEP_S, *metrics.PEAKS_MB, metrics.MEM_TRACKED)
 """The keys of one step's metrics in the made-up history (what a BGPO step logs)."""
 SAVE_EVERY = 10
 OVERHEAD_EVAL_LIMIT = 16
 """Test items of the overhead runs' evaluations (not part of the train time; kept short so the bench is)."""
 FINGERPRINT = "checkpoint-bench"
+TIMES = ("save", "validate", "load")
 
 
-def parse_shapes(text: str) -> list[str]:
-    """The --shapes list, checked: each 'NAME', 'NAME:full' or 'NAME:loraR' with NAME 'tiny' or a MODEL_SHAPES
-    name; ValueError naming a bad entry."""
-    entries = [e.strip() for e in text.split(",") if e.strip()]
+@dataclass(frozen=True)
+class CheckpointBench:
+    """The settings of `harness bench checkpoint` that are its own (--steps, --threads are the overhead runs')."""
+
+    shapes: tuple[str, ...] = ("tiny", "llada-1b:lora128", "llada-1b:full")
+    """NAME[:full|:loraR]: 'tiny' or a random-weight model shape (llada-1b, ...); :full every weight, :lora128 r=128."""
+    repeats: int = field(default=3, metadata={"min": 1})
+    """Save / validate / load rounds per shape (medians reported, beside the reference computation)."""
+
+
+def parse_shapes(text: str | Sequence[str]) -> list[str]:
+    """The --shapes list (a comma list or its items), checked: each 'NAME', 'NAME:full' or 'NAME:loraR' with NAME
+    'tiny' or a MODEL_SHAPES name; ValueError naming a bad entry."""
+    entries = [e.strip() for e in (text.split(",") if isinstance(text, str) else text) if e.strip()]
     if not entries:
         raise ValueError("--shapes is empty")
     for entry in entries:
@@ -178,19 +192,22 @@ def broken(line: str) -> None:
 
 
 def measure_shape(entry: str, repeats: int, scratch: Path, data_dir: str | None = None) -> dict[str, Any]:
-    """Parameters, bytes per checkpoint and median save / validate / load seconds of one shape."""
+    """Parameters, bytes per checkpoint, median save / validate / load seconds of one shape beside the reference."""
     policy = build_policy(entry, data_dir)
     accelerator = prepared_state(policy)
     params = list(policy.model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    rounds = [one_round(accelerator, scratch) for _ in range(repeats)]
-    medians = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    rounds, timing = timed_repeats(lambda: one_round(accelerator, scratch), repeats, torch.device("cpu"))
+    times: dict[str, Any] = {}
+    for name in TIMES:
+        times |= Timing(tuple(r[f"{name}_s"] for r in rounds), timing.references_s).fields(name)
+    sizes = {key: statistics.median(r[key] for r in rounds) for key in rounds[0] if key.endswith("_bytes")}
     return {"shape": entry, "parameters": sum(p.numel() for p in params),
             "trainable": sum(p.numel() for p in trainable),
             "trainable_bytes": sum(p.numel() * p.element_size() for p in trainable),
             "weights_dtype": str(params[0].dtype).removeprefix("torch."),
             "trainable_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in trainable}),
-            **medians, "rounds": rounds}
+            **sizes, **times, "rounds": rounds}
 
 
 def llada_8b_trainable(lora_r: int) -> int:
@@ -236,7 +253,8 @@ def timed_saves(seconds: list[float]) -> Iterator[None]:
 
 def save_overhead(spec: SweepSpec, save_every: int, scratch: Path) -> dict[str, Any]:
     """Train wall seconds of ``spec``'s one run with and without saving every ``save_every`` steps (A B B A, each
-    into a fresh folder so nothing resumes), their ratio, and the seconds of each save."""
+    into a fresh folder so nothing resumes), their ratio, and the seconds of each save (their median beside the
+    reference computation timed around the four runs)."""
     [base] = plan_runs(spec)
     arms = {"without": dataclasses.replace(base, checkpoint=CheckpointConfig(save_every=0, export=False)),
             "with": dataclasses.replace(base, checkpoint=CheckpointConfig(save_every=save_every, export=False))}
@@ -244,19 +262,23 @@ def save_overhead(spec: SweepSpec, save_every: int, scratch: Path) -> dict[str, 
     train_s: dict[str, list[float]] = {"without": [], "with": []}
     saves: list[float] = []
     load = [os.getloadavg()[0]]
-    for arm in ("without", "with", "with", "without"):
-        with tempfile.TemporaryDirectory(dir=scratch, prefix=".checkpoint-bench-") as tmp, timed_saves(saves):
-            record = run(arms[arm], dataclasses.replace(context, out=Path(tmp)))  # shares the base evaluation
-        if not record.ok:
-            raise RuntimeError(f"overhead run ({arm} saving) ended {record.outcome}: {record.error}")
-        train_s[arm].append(record.train_seconds)
-        load.append(os.getloadavg()[0])
-    steps, save_s = spec.train.steps, statistics.median(saves) if saves else 0.0
-    without = statistics.median(train_s["without"])
+
+    def runs() -> None:
+        for arm in ("without", "with", "with", "without"):
+            with tempfile.TemporaryDirectory(dir=scratch, prefix=".checkpoint-bench-") as tmp, timed_saves(saves):
+                record = run(arms[arm], dataclasses.replace(context, out=Path(tmp)))  # shares the base evaluation
+            if not record.ok:
+                raise RuntimeError(f"overhead run ({arm} saving) ended {record.outcome}: {record.error}")
+            train_s[arm].append(record.train_seconds)
+            load.append(os.getloadavg()[0])
+
+    references = around_reference(runs, torch.device("cpu"))[1]
+    steps, without = spec.train.steps, statistics.median(train_s["without"])
+    save = Timing(tuple(saves) or (0.0,), references).fields("save")
     return {"model": spec.model, "objective": "bgpo", "n_t": 4, "mu": spec.train.mu, "steps": steps,
             "save_every": save_every, "saves_per_run": steps // save_every, "train_s": train_s,
-            "ratio": sum(train_s["with"]) / sum(train_s["without"]), "save_s": saves, "save_s_median": save_s,
-            "ratio_from_saves": (without + steps // save_every * save_s) / without, "load_average": load}
+            "ratio": sum(train_s["with"]) / sum(train_s["without"]), **save,
+            "ratio_from_saves": (without + steps // save_every * save["save_s"]) / without, "load_average": load}
 
 
 def checkpoint_bench(shapes: Sequence[str], repeats: int, spec: SweepSpec, save_every: int, scratch: Path,
@@ -277,17 +299,22 @@ def checkpoint_markdown(result: dict[str, Any]) -> str:
     lines = [f"# What a checkpoint costs ({device['name']}, {device['torch_threads']} threads)", "",
              f"Medians of {result['repeats']} save / validate / load rounds per shape; every round writes a fresh "
              f"checkpoint (accelerate's state + harness_state.json with {result['history_steps']} steps of history) "
-             f"and deletes it. MB = 2^20 bytes.", "",
+             f"and deletes it. MB = 2^20 bytes. Reference s: the gate's reference computation "
+             f"(harness/runs/pipeline.py), the median of its timings before each round and after the last, in the "
+             f"same process; in brackets each median / the reference, what compares across machines and loads.", "",
              "| shape | parameters | trainable | MB per checkpoint (weights / optimizer) | save s | validate s | "
-             "load s |", "|---|---|---|---|---|---|---|"]
+             "load s | reference s |", "|---|---|---|---|---|---|---|---|"]
     for r in result["shapes"]:
         mb = f"{r['total_bytes'] / BYTES_PER_MB:.1f} ({r['weights_bytes'] / BYTES_PER_MB:.1f} / " \
              f"{r['optimizer_bytes'] / BYTES_PER_MB:.1f})"
-        lines.append(f"| {r['shape']} | {r['parameters']:,} | {r['trainable']:,} | {mb} | {r['save_s']:.2f} | "
-                     f"{r['validate_s']:.2f} | {r['load_s']:.2f} |")
+        times = " | ".join(f"{r[f'{name}_s']:.2f} ({r[f'{name}_ratio']:.1f}x)" for name in TIMES)
+        lines.append(f"| {r['shape']} | {r['parameters']:,} | {r['trainable']:,} | {mb} | {times} | "
+                     f"{r['reference_s']:.3f} |")
     o = result["overhead"]
     lines += ["", f"Train wall time with --save-every {o['save_every']} / without = **{o['ratio']:.2f}x** "
-              f"({o['steps']} steps, {o['saves_per_run']} saves of {o['save_s_median']:.3f} s each; {o['model']} "
+              f"({o['steps']} steps, {o['saves_per_run']} saves of {o['save_s']:.3f} s each, the median of "
+              f"{len(o['save_repeats_s'])}: {o['save_ratio']:.2f}x the reference computation's "
+              f"{o['reference_s']:.3f} s timed around the runs; {o['model']} "
               f"model, BGPO n_t = {o['n_t']}, mu = {o['mu']}; runs in the order without, with, with, without). "
               f"From the timed saves alone: (train time without + {o['saves_per_run']} saves) / without = "
               f"{o['ratio_from_saves']:.3f}x. One-minute load average before and after each run: "

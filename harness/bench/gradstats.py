@@ -28,6 +28,7 @@ import dataclasses
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch
 from harness.loop.trainer import TrainConfig, make_optimizer, update
 from harness.model.policy import Policy
 from harness.model.structs import Batch, row_seeds, stream_seed
-from harness.runs.sweep import objective_config
+from harness.runs.sweep import RECIPES, objective_config
 from objectives import OBJECTIVES
 from objectives.advantages import group_advantages
 
@@ -46,6 +47,23 @@ OFF_POLICY_STEP = ("bgpo", 16)
 """The update that takes theta_old to theta_1 for the off-policy phase: (objective, n_t)."""
 REPEAT_STREAM = 7
 BOOTSTRAP_PARAMETERS = 50_000
+GRADSTATS_RECIPE = dataclasses.replace(
+    RECIPES["compare"], objectives=("bgpo", "vrpo"), nt=(1, 2, 4, 8, 16, 32), estimator="l-stratified",
+    vary=(("estimator", ("l-stratified", "t-iid")),),
+    train=dataclasses.replace(RECIPES["compare"].train, prompts_per_step=2, group_size=8))
+"""Defaults of `harness gradstats`'s sweep settings: BGPO and VRPO-OL, n_t = 1..32, both estimators the paper
+compares (a comma list of --estimator is every one of them), one rollout batch of 2 prompts x 8, seed 0."""
+
+
+@dataclass(frozen=True)
+class GradstatsBench:
+    """The settings of `harness gradstats` that are its own (the objectives, n_t, estimator, batch and seed are the
+    sweep spec's, under compare's flags)."""
+
+    repeats: int = field(default=8, metadata={"min": 2})
+    """Gradients per n_t, each with new draws (the paper: 8); a standard deviation needs at least 2."""
+    reference_nt: int = field(default=256, metadata={"min": 1})
+    """Draws of the reference gradient (the paper: 256)."""
 
 
 def scored_batch(policy: Policy, task: Any, prompts: int, group: int, seed: int) -> Batch:
@@ -101,9 +119,6 @@ def gradient(base: Policy, moved: Policy, name: str, n_t: int, estimator: str, p
     prepared = objective.prepare(base, batch, mu=2)
     if phase == "on-policy":
         return flat_gradient(base, objective, prepared, inner=0)
-    with torch.no_grad():  # update 0 at theta_old stores the draws' old terms
-        for _ in objective.loss_terms(base, prepared, inner=0):
-            pass
     return flat_gradient(moved, objective, prepared, inner=1)
 
 

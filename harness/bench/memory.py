@@ -11,16 +11,53 @@ log-probabilities (``--logits-chunk``, predictor.py) avoid.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from harness.model.policy import Policy
+from harness.bench.timing import timed_repeats
+from harness.loop import metrics
+from harness.model.policy import Policy, PolicyConfig
 from harness.model.structs import Batch, row_seeds
 from harness.runs.budget import largest_fitting, peak_bytes, probe_nts
 from harness.runs.records import environment
+from harness.runs.sweep import RECIPES
 from objectives import OBJECTIVES
+
+UPDATE = metrics.UPDATE_TRACKED_S.removesuffix("_s")
+"""The update's seconds in a row: UPDATE + '_s' (the median of the repeats), '_repeats_s', '_ratio' (timing.py)."""
+
+
+@dataclass(frozen=True)
+class UpdateBench:
+    """The settings of ``harness bench memory`` and ``budget`` that are the benchmark's own (the model, objectives,
+    n_t, dtype, device, ... are the sweep spec's, under compare's flags)."""
+
+    sequences: int = field(default=2, metadata={"min": 1})
+    """Sequences in the update batch (model shapes and folders; the tiny model's is one Sudoku rollout batch)."""
+    prompt_length: int = field(default=128, metadata={"min": 1})
+    """Prompt tokens per sequence (model shapes and folders; their completion tokens: --rollout-gen-length)."""
+    repeats: int = field(default=3, metadata={"min": 1})
+    """Updates per (objective, n_t): the seconds reported are their median (the memory is the first's)."""
+    name: str = ""
+    """Output file stem under OUT/bench (default: memory, memory-MODEL or budget-MODEL)."""
+
+
+MEMORY_RECIPE = dataclasses.replace(
+    RECIPES["compare"], objectives=("all",), nt=(1, 2, 4, 8, 16, 32),
+    train=dataclasses.replace(RECIPES["compare"].train, rollout=dataclasses.replace(
+        RECIPES["compare"].train.rollout, gen_length=512)))
+"""Defaults of `harness bench memory`'s sweep settings: every objective, n_t = 1..32, 512 completion tokens (BGPO
+Fig. 1; model shapes and folders), logits chunk 1024, float32 on 2 CPU threads."""
+BUDGET_RECIPE = dataclasses.replace(MEMORY_RECIPE, model="llada-8b", objectives=("bgpo", "vrpo"),
+                                    policy=PolicyConfig(dtype="bfloat16"), device="cuda", memory_budget="80GiB",
+                                    train=dataclasses.replace(MEMORY_RECIPE.train, micro_batch_size=1))
+"""Defaults of `harness bench budget`: LLaDA-8B's shape in bfloat16 on CUDA, BGPO and VRPO-OL, one sequence per
+forward pass, an 80 GiB budget."""
 
 
 def bench_inputs(model: str, device: torch.device, dtype: torch.dtype, sequences: int, prompt_length: int,
@@ -64,12 +101,12 @@ def objective_variant(entry: str) -> tuple[str, list[tuple[str, str]]]:
     return name, settings  # type: ignore[return-value]
 
 
-def memory_entries(objectives: str) -> list[str]:
+def memory_entries(objectives: Sequence[str]) -> list[str]:
     """The --objectives list of ``harness bench memory``, checked: 'all' is every objective plus the all-graphs form
     (``@flat=false``) of those with a flat option; ValueError naming a bad entry."""
     from harness.runs.sweep import objective_config
 
-    names = [n.strip() for n in objectives.split(",") if n.strip()]
+    names = [n.strip() for n in objectives if n.strip()]
     if names == ["all"]:
         names = list(OBJECTIVES) + [f"{n}@flat=false" for n in OBJECTIVES if hasattr(OBJECTIVES[n]().config, "flat")]
     if not names:
@@ -80,11 +117,32 @@ def memory_entries(objectives: str) -> list[str]:
     return names
 
 
+def timed_probes(policy: Policy, batch: Batch, name: str, nts: Sequence[int], device: torch.device,
+                 micro_batch_size: int = 0, repeats: int = 1, settings: Sequence[tuple[str, Any]] = (),
+                 label: str | None = None) -> list[dict[str, Any]]:
+    """``probe_nts`` with each n_t's update run ``repeats`` times: the first update's memory, the median of their
+    seconds beside the reference computation timed around them (timing.py). Stops after the first n_t that runs
+    out of memory; an n_t the objective does not admit is a row with its reason, and the ladder goes on."""
+    def update(n_t: int) -> dict[str, Any]:
+        return probe_nts(policy, batch, name, [n_t], device, None, micro_batch_size, settings=settings,
+                         label=label)[0]
+
+    rows = []
+    for n_t in sorted(nts):
+        probes, timing = timed_repeats(functools.partial(update, n_t), repeats, device,
+                                       lambda row: row.get(f"{UPDATE}_s"))
+        rows.append(probes[0] | (timing.fields(UPDATE) if timing else {}))
+        if rows[-1]["outcome"] != "invalid" and not rows[-1]["fits"]:
+            break  # memory only grows with n_t
+    return rows
+
+
 def memory_rows(load: Callable[[], Policy], batch: Batch, names: Sequence[str], nts: Sequence[int],
-                chunks: Sequence[int], device: torch.device, micro_batch_size: int = 0) -> list[dict[str, Any]]:
-    """One measured update (memory split, time, or 'oom') per (logits chunk, objective, n_t), n_t ascending; an
-    objective stops at its first out-of-memory n_t. ``names`` may carry settings (``objective_variant``). ``load``
-    hands out the policy (fresh or shared)."""
+                chunks: Sequence[int], device: torch.device, micro_batch_size: int = 0, repeats: int = 1,
+                ) -> list[dict[str, Any]]:
+    """One measured update (memory split, the median seconds of ``repeats``, or 'oom') per (logits chunk, objective,
+    n_t), n_t ascending; an objective stops at its first out-of-memory n_t. ``names`` may carry settings
+    (``objective_variant``). ``load`` hands out the policy (fresh or shared)."""
     from harness.runs.sweep import objective_config
 
     rows = []
@@ -96,13 +154,13 @@ def memory_rows(load: Callable[[], Policy], batch: Batch, names: Sequence[str], 
             uses_nt = OBJECTIVES[name].uses_nt
             if OBJECTIVES[name](objective_config(name, None, settings)).needs_reference:
                 policy.snapshot_reference()
-            for row in probe_nts(policy, batch, name, list(nts) if uses_nt else [min(nts)], device, None,
-                                 micro_batch_size, settings=settings, label=entry):
+            for row in timed_probes(policy, batch, name, list(nts) if uses_nt else [min(nts)], device,
+                                    micro_batch_size, repeats, settings, label=entry):
                 rows.append({**row, "n_t": row["n_t"] if uses_nt else None, "logits_chunk": chunk})
     return rows
 
 
-def growth_ratios(rows: Sequence[dict[str, Any]], key: str = "mem/peak_activations_mb") -> dict[str, float]:
+def growth_ratios(rows: Sequence[dict[str, Any]], key: str = metrics.PEAK_ACTIVATIONS_MB) -> dict[str, float]:
     """Per objective (and logits chunk, when several): peak at its largest measured n_t over the peak at its
     smallest; objectives without n_t are left out."""
     chunks = sorted({r["logits_chunk"] for r in rows})
@@ -116,7 +174,7 @@ def growth_ratios(rows: Sequence[dict[str, Any]], key: str = "mem/peak_activatio
     return ratios
 
 
-def chunk_ratios(rows: Sequence[dict[str, Any]], key: str = "mem/peak_total_mb") -> list[dict[str, Any]]:
+def chunk_ratios(rows: Sequence[dict[str, Any]], key: str = metrics.PEAK_TOTAL_MB) -> list[dict[str, Any]]:
     """Per (objective, n_t): the peak without chunked log-probabilities (logits chunk 0) over the peak with each
     chunk size measured."""
     whole = {(r["objective"], r["n_t"]): r for r in rows if r["logits_chunk"] == 0 and r["outcome"] == "ok"}
@@ -131,15 +189,21 @@ def memory_markdown(result: dict[str, Any]) -> str:
              "", result["batch"], "",
              "Peak total: the most bytes alive at once in the update (CPU: torch's MemTracker; CUDA: also the "
              "allocator's peak). The split is taken at that moment, so where the peak is the optimizer step, "
-             "activations read about 0. Update seconds include the tracker's overhead.", "",
+             f"activations read about 0. Update s: the median of {result.get('repeats', 1)} updates, the tracker's "
+             "overhead included; reference s: the gate's reference computation (harness/runs/pipeline.py), the "
+             "median of its timings before each update and after the last, in the same process. Their ratio "
+             "compares across machines and loads better than the seconds (docs/benchmarks.md).", "",
              "| objective | n_t | logits chunk | outcome | peak activations MB | peak total MB | params MB | grads MB "
-             "| optimizer MB | CUDA max allocated MB | update s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    keys = ("mem/peak_activations_mb", "mem/peak_total_mb", "mem/peak_params_mb", "mem/peak_grads_mb",
-            "mem/peak_optimizer_mb", "cuda_max_allocated_mb")
+             "| optimizer MB | CUDA max allocated MB | update s | reference s | update / reference |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = (metrics.PEAK_ACTIVATIONS_MB, metrics.PEAK_TOTAL_MB, metrics.PEAK_PARAMS_MB, metrics.PEAK_GRADS_MB,
+            metrics.PEAK_OPTIMIZER_MB, metrics.CUDA_MAX_ALLOCATED_MB)
     for r in result["rows"]:
         cells = [r["objective"], "-" if r["n_t"] is None else str(r["n_t"]), str(r["logits_chunk"]), r["outcome"]]
         cells += [f"{r[k]:.1f}" if k in r else "-" for k in keys]
-        cells.append(f"{r['time/update_tracked_s']:.2f}" if "time/update_tracked_s" in r else "-")
+        timed = f"{UPDATE}_ratio" in r
+        cells += [f"{r[f'{UPDATE}_s']:.2f}", f"{r['reference_s']:.3f}", f"{r[f'{UPDATE}_ratio']:.1f}"] if timed \
+            else ["-"] * 3
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     nts = [r["n_t"] for r in result["rows"] if r["n_t"] is not None]
@@ -201,22 +265,25 @@ def synthetic_batch(policy: Policy, sequences: int, prompt_length: int, gen_leng
 
 
 def budget_bench(shape: str, names: list[str], nts: list[int], budget: int, device: torch.device, dtype: torch.dtype,
-                 sequences: int, prompt_length: int, gen_length: int, micro_batch_size: int) -> dict[str, Any]:
-    """Measure every (objective, n_t) at a model shape until out of memory; mark what fits ``budget``."""
+                 sequences: int, prompt_length: int, gen_length: int, micro_batch_size: int, repeats: int = 1,
+                 ) -> dict[str, Any]:
+    """Measure every (objective, n_t) at a model shape until out of memory (seconds: the median of ``repeats``
+    updates, beside the reference); mark what fits ``budget``."""
     if shape not in MODEL_SHAPES:
-        raise ValueError(f"--shape {shape!r}: unknown (known: {', '.join(MODEL_SHAPES)})")
+        raise ValueError(f"--model {shape!r}: not a model shape (known: {', '.join(MODEL_SHAPES)})")
     policy = shaped_policy(MODEL_SHAPES[shape], device, dtype)
     batch = synthetic_batch(policy, sequences, prompt_length, gen_length)
     rows = []
     for name in names:
-        for row in probe_nts(policy, batch, name, nts, device, None, micro_batch_size):
+        for row in timed_probes(policy, batch, name, nts, device, micro_batch_size, repeats):
             peak = peak_bytes(row)
             rows.append({**row, "fits": peak is not None and peak <= budget})
     chosen = {name: largest_fitting([r for r in rows if r["objective"] == name]) for name in names}
     params = sum(p.numel() for p in policy.model.parameters())
     return {"shape": shape, "parameters": params, "dtype": str(dtype).removeprefix("torch."), "budget_bytes": budget,
             "sequences": sequences, "prompt_length": prompt_length, "gen_length": gen_length,
-            "micro_batch_size": micro_batch_size, "rows": rows, "chosen": chosen, **environment(device)}
+            "micro_batch_size": micro_batch_size, "repeats": repeats, "rows": rows, "chosen": chosen,
+            **environment(device)}
 
 
 def budget_markdown(result: dict[str, Any], budget_text: str) -> str:
@@ -229,8 +296,8 @@ def budget_markdown(result: dict[str, Any], budget_text: str) -> str:
              f"| fits {budget_text} |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = [r["objective"], str(r["n_t"]), r["outcome"]]
-        cells += [f"{r[k]:.0f}" if k in r else "-" for k in ("mem/peak_total_mb", "mem/peak_activations_mb",
-                                                              "cuda_max_allocated_mb")]
+        cells += [f"{r[k]:.0f}" if k in r else "-" for k in (metrics.PEAK_TOTAL_MB, metrics.PEAK_ACTIVATIONS_MB,
+                                                              metrics.CUDA_MAX_ALLOCATED_MB)]
         lines.append("| " + " | ".join([*cells, "yes" if r["fits"] else "no"]) + " |")
     lines += ["", *(f"- {name}: n_t = {n_t}" if n_t else f"- {name}: nothing fits"
                     for name, n_t in result["chosen"].items())]

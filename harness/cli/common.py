@@ -22,8 +22,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.runs.registry import lookup
-
 console = Console(width=None if sys.stdout.isatty() else 140)
 USAGE_EXIT = 2
 
@@ -58,7 +56,7 @@ def command(app: typer.Typer, name: str | None = None) -> Callable[[Callable], C
     return register
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
@@ -82,9 +80,9 @@ def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, P
         run(with_objective_settings(spec, values.get("set_") or []), values["out"])
 
     params = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        str | None, typer.Option(s.flag, help=f"{s.help} [default: {_shown(varied.get(key, get(recipe, s.path)))}]",
-                                 metavar=s.kind.__name__.upper() + ("[,...]" if s.is_list else ""),
-                                 show_default=False)]) for key, s in settings.items()]
+        str | None, typer.Option(s.flag, help=s.help, show_default=shown(varied.get(key, get(recipe, s.path))),
+                                 metavar=s.kind.__name__.upper() + ("[,...]" if s.is_list else ""))])
+        for key, s in settings.items()]
     if keep is None:
         params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             list[str] | None, typer.Option("--set", help="An objective's own setting, OBJECTIVE.KEY=VALUE (e.g. "
@@ -96,37 +94,6 @@ def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, P
     body.__doc__ = doc
     body.__name__ = name
     command(app, name)(body)
-
-
-def parse_names(flag: str, value: str, kind: str, table: dict) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        fail(f"{flag} is empty")
-    for name in names:
-        lookup(kind, name, table)
-    return names
-
-
-def parse_ints(flag: str, value: str, minimum: int = 1) -> list[int]:
-    values = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part.lstrip("-").isdigit() or int(part) < minimum:
-            fail(f"{flag}: {part!r} is not an integer >= {minimum}")
-        values.append(int(part))
-    return values
-
-
-def check_positive(**flags: int) -> None:
-    for flag, value in flags.items():
-        if value < 1:
-            fail(f"--{flag.replace('_', '-')}: {value} is not an integer >= 1")
-
-
-def check_non_negative(**flags: int) -> None:
-    for flag, value in flags.items():
-        if value < 0:
-            fail(f"--{flag.replace('_', '-')}: {value} is not an integer >= 0")
 
 
 def _progress() -> Progress:

@@ -97,10 +97,10 @@ def leaderboard(
             fail(f"{path}: no such results file (run `harness compare` or `harness sweep` first)")
         mine = read_results(path, warn)
         rows += mine
-        records += [read_record(p) for r in mine if (p := path.parent / "runs" / f"{r['run_id']}.json").is_file()]
+        records += [read_record(p) for r in mine if (p := path.parent / "runs" / f"{r.run_id}.json").is_file()]
     if not rows:
         fail("no result rows to rank")
-    name = reference or rows[0]["objective"]
+    name = reference or rows[0].objective
     written = write_leaderboard(rows, out, title, paired_results(records, reference), name)
     console.print("written: " + ", ".join(str(p) for p in written.values()))
 
@@ -117,14 +117,8 @@ def check(
 ) -> None:
     """Exit 1 when accuracy drops, memory grows or step time grows beyond the baseline's tolerances, when a figure
     is missing or when a run's protocol differs from the baseline's; exit 2 on an unreadable file or row."""
-    from harness.runs.check import (
-        GATE_KEYS,
-        compare_to_baseline,
-        load_baseline,
-        make_baseline,
-        record_explainer,
-        spec_of,
-    )
+    from harness.runs.baseline import load_baseline, make_baseline, spec_of
+    from harness.runs.check import GATE_KEYS, compare_to_baseline, record_explainer
     from harness.runs.records import write_json_atomic
     from harness.runs.results_file import read_results
 
@@ -136,7 +130,8 @@ def check(
         results = out / "results.jsonl"
     rows = read_results(results, warn, needs=GATE_KEYS)
     if update:
-        write_json_atomic(baseline, make_baseline(rows, stored, spec_of(stored, None) if stored else SweepSpec()))
+        write_json_atomic(baseline, make_baseline(rows, stored, spec_of(stored, None) if stored else SweepSpec()
+                                                  ).to_json())
         console.print(f"baseline written: {baseline} ({len(rows)} runs)")
         return
     explain = record_explainer(results.parent / "runs", baseline.parent / "runs")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from harness.loop.stats import Estimate, bootstrap_mean
+from harness.model.bounds import check_bounds
 from harness.model.device import process_state
 from harness.model.policy import Policy
 from harness.model.rollout import RolloutConfig, generate
@@ -39,8 +40,8 @@ class EvalConfig:
         return done == total or (self.every > 0 and done % self.every == 0)
 
     def validate(self) -> None:
-        if self.limit < 0 or self.every < 0 or self.batch_size < 1:
-            raise ValueError(f"eval limit and every must be >= 0 and batch_size >= 1, got {self}")
+        """The fields' bounds (their metadata) and the sampler's rules between fields; ValueError naming the field."""
+        check_bounds(self)
         self.rollout.validate()
 
 

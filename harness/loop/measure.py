@@ -48,6 +48,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from harness.loop import metrics
+
 BYTES_PER_MB = 2**20
 """Memory metrics are reported in MiB (written ``_mb`` in metric names, as TRL and accelerate do)."""
 
@@ -73,14 +75,11 @@ class MemorySplit:
     total: int
 
     def to_mb(self) -> dict[str, float]:
-        """The peak as flat metrics in MiB, e.g. ``{"mem/peak_activations_mb": 12.5, ...}``."""
-        return {
-            "mem/peak_total_mb": self.total / BYTES_PER_MB,
-            "mem/peak_params_mb": self.params / BYTES_PER_MB,
-            "mem/peak_grads_mb": self.grads / BYTES_PER_MB,
-            "mem/peak_optimizer_mb": self.optimizer / BYTES_PER_MB,
-            "mem/peak_activations_mb": self.activations / BYTES_PER_MB,
-        }
+        """The peak as flat metrics in MiB (``metrics.PEAKS_MB``)."""
+        return {metrics.PEAK_TOTAL_MB: self.total / BYTES_PER_MB, metrics.PEAK_PARAMS_MB: self.params / BYTES_PER_MB,
+                metrics.PEAK_GRADS_MB: self.grads / BYTES_PER_MB,
+                metrics.PEAK_OPTIMIZER_MB: self.optimizer / BYTES_PER_MB,
+                metrics.PEAK_ACTIVATIONS_MB: self.activations / BYTES_PER_MB}
 
 
 @dataclass(frozen=True)
@@ -92,11 +91,9 @@ class MeterReading:
     """None when the step did not track memory."""
 
     def to_metrics(self) -> dict[str, float]:
-        """Flat metrics for the logger: ``time/<phase>_s`` and, when tracked, ``mem/peak_*_mb``."""
-        metrics = {f"time/{name}_s": seconds for name, seconds in self.times_s.items()}
-        if self.peak is not None:
-            metrics.update(self.peak.to_mb())
-        return metrics
+        """Flat metrics for the logger: each phase's seconds and, when tracked, the memory peaks."""
+        flat = {metrics.phase_seconds(name): seconds for name, seconds in self.times_s.items()}
+        return flat | (self.peak.to_mb() if self.peak is not None else {})
 
 
 def tensor_bytes(tensors: Iterable[Tensor]) -> int:
@@ -332,5 +329,5 @@ def device_peak_mb(device: torch.device) -> dict[str, float]:
     """The CUDA caching allocator's peaks since ``reset_peak`` (fragmentation included), in MB; {} on CPU."""
     if device.type != "cuda":
         return {}
-    return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated(device) / BYTES_PER_MB,
-            "cuda_max_reserved_mb": torch.cuda.max_memory_reserved(device) / BYTES_PER_MB}
+    return {metrics.CUDA_MAX_ALLOCATED_MB: torch.cuda.max_memory_allocated(device) / BYTES_PER_MB,
+            metrics.CUDA_MAX_RESERVED_MB: torch.cuda.max_memory_reserved(device) / BYTES_PER_MB}

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from harness.loop import checkpoint
+from harness.loop import checkpoint, metrics
 from harness.loop.checkpoint import RunFolders, TrainingState
 from harness.loop.evaluate import EvalConfig, EvalResult, evaluate
 from harness.loop.measure import Meter
+from harness.model.bounds import check_bounds
 from harness.model.policy import Policy
 from harness.model.rollout import RolloutConfig, generate
 from harness.model.structs import ROLLOUT_STREAM, Batch, generators, stream_seed
@@ -50,8 +51,9 @@ class TrainConfig:
     """B: prompts per rollout batch."""
     group_size: int = field(default=8, metadata={"min": 2})
     """G: completions per prompt (group advantages need G >= 2)."""
-    mu: int = field(default=1, metadata={"min": 1})
-    """Optimizer updates per rollout batch; 1 is on-policy, later updates replay the stored draws off-policy."""
+    mu: int = field(default=2, metadata={"min": 1})
+    """Optimizer updates per rollout batch: update 0 is on-policy, later ones replay the stored draws off-policy. 2 is
+    the off-policy setting the comparison runs (BGPO's bound and VRPO-OL's ratio differ only there); 1 is on-policy."""
     lr: float = 1e-4
     """AdamW learning rate. Measured on the tiny default (issue #4): lr >= 2e-4 collapsed the ELBO objectives."""
     warmup_steps: int = field(default=0, metadata={"min": 0})
@@ -60,17 +62,17 @@ class TrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip before every optimizer update."""
+    micro_batch_size: int = field(default=0, metadata={"min": 0})
+    """Sequences per forward and backward pass of the objective (0 = the whole rollout batch): a memory knob, the
+    loss and gradient are the same."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=TRAIN_TEMPERATURE))
     """Decoding protocol of the training rollouts (sampled; evaluation is greedy)."""
     track_memory_steps: int = field(default=1, metadata={"min": 0})
     """Steps (from the first) whose memory is tracked on CPU; the tracker slows them, so times use the others."""
 
     def validate(self) -> None:
-        for name in ("steps", "prompts_per_step", "mu"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
+        """The fields' bounds (their metadata) and the sampler's rules between fields; ValueError naming the field."""
+        check_bounds(self)
         self.rollout.validate()
 
 
@@ -115,12 +117,12 @@ class TrainingStopped(RuntimeError):
 def stop_reason(history: Sequence[dict[str, float]]) -> tuple[str, str] | None:
     """('nan' | 'diverged', why) when the last step says training cannot go on, else None."""
     step, last = len(history) - 1, history[-1]
-    loss, grad_norm = last["loss/policy"], last["grad_norm"]
+    loss, grad_norm = last[metrics.LOSS], last[metrics.GRAD_NORM]
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         return "nan", f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}"
     if len(history) >= 2 * COLLAPSE_WINDOW:
-        first = sum(m["reward"] for m in history[:COLLAPSE_WINDOW]) / COLLAPSE_WINDOW
-        recent = sum(m["reward"] for m in history[-COLLAPSE_WINDOW:]) / COLLAPSE_WINDOW
+        first = sum(m[metrics.REWARD] for m in history[:COLLAPSE_WINDOW]) / COLLAPSE_WINDOW
+        recent = sum(m[metrics.REWARD] for m in history[-COLLAPSE_WINDOW:]) / COLLAPSE_WINDOW
         if recent < COLLAPSE_FRACTION * first:
             return "diverged", f"training reward collapsed from {first:.3f} to {recent:.3f} by step {step}"
     return None
@@ -130,38 +132,36 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
             optimizer: torch.optim.Optimizer, scheduler, accelerator: Accelerator, meter: Meter,  # noqa: ANN001
             seed: int) -> dict[str, float]:
     """One rollout batch and its ``cfg.mu`` optimizer updates; ``items`` are this process's prompts of the global
-    batch. Returns flat, TRL-named metrics (of this process)."""
+    batch. Returns flat, TRL-named metrics (of this process; harness/loop/metrics.py)."""
+    started = time.perf_counter()
     group = [item for item in items for _ in range(cfg.group_size)]  # [N] each prompt G times, groups contiguous
     first_row = accelerator.process_index * len(group)  # global index of this process's first sequence
     row_seeds = tuple(stream_seed(seed, step, first_row + i) for i in range(len(group)))
-    with meter.phase("rollout"):
+    with meter.phase(metrics.ROLLOUT_PHASE):
         prompt_ids, prompt_mask = policy.encode_prompts([task.prompt(item) for item in group])  # [N, P]
         prompt_ids, prompt_mask = pad_to_global_width(policy, prompt_ids, prompt_mask, accelerator)
         rollout = generate(policy, prompt_ids, prompt_mask, cfg.rollout, generators(row_seeds, ROLLOUT_STREAM))
-    with meter.phase("reward"):
+    with meter.phase(metrics.REWARD_PHASE):
         rewards = torch.tensor([task.reward(item, text) for item, text in zip(group, rollout.texts, strict=True)],
                                dtype=torch.float32)  # [N]
     advantages = objective.advantages(rewards, cfg.group_size)  # [N] the objective's own form
     tokens = accelerator.reduce(rollout.completion_mask.sum().to(policy.device), reduction="sum")
     batch = Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=cfg.group_size,
-                  row_seeds=row_seeds, world_size=accelerator.num_processes, global_tokens=int(tokens))
+                  row_seeds=row_seeds, world_size=accelerator.num_processes, global_tokens=int(tokens),
+                  micro_batch_size=cfg.micro_batch_size)
 
     stats: dict[str, list[float]] = defaultdict(list)
-    with meter.phase("update"):
+    with meter.phase(metrics.UPDATE_PHASE):
         prepared = objective.prepare(policy, batch, cfg.mu)  # draws; old-policy terms for updates 1..mu-1
         for inner in range(cfg.mu):  # ALGO: update 0 is on-policy, later ones replay the same draws off-policy
             update(policy, objective, prepared, inner, cfg, optimizer, scheduler, accelerator, stats)
 
-    reading = meter.read()
-    metrics = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-               "frac_reward_zero_std": frac_zero_std(rewards, cfg.group_size),
-               "completions/mean_length": float(rollout.completion_mask.sum(-1).float().mean()),
-               "lr": scheduler.get_last_lr()[0]}
-    metrics |= {key: sum(values) / len(values) for key, values in stats.items()}
-    metrics |= {f"time/{phase}_s": seconds for phase, seconds in reading.times_s.items()}
-    if reading.peak is not None:
-        metrics |= reading.peak.to_mb()
-    return metrics
+    rolled = {metrics.REWARD: float(rewards.mean()), metrics.REWARD_STD: float(rewards.std()),
+              metrics.FRAC_REWARD_ZERO_STD: frac_zero_std(rewards, cfg.group_size),
+              metrics.MEAN_LENGTH: float(rollout.completion_mask.sum(-1).float().mean()),
+              metrics.LR: scheduler.get_last_lr()[0]}
+    return metrics.step_metrics(rolled, stats, meter.read().to_metrics(), time.perf_counter() - started,
+                                meter.track_memory)
 
 
 def pad_to_global_width(policy: Policy, ids: torch.Tensor, mask: torch.Tensor, accelerator: Accelerator,
@@ -176,13 +176,13 @@ def pad_to_global_width(policy: Policy, ids: torch.Tensor, mask: torch.Tensor, a
             torch.nn.functional.pad(mask, (extra, 0), value=False))
 
 
-def reduce_metrics(accelerator: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
+def reduce_metrics(accelerator: Accelerator, measured: dict[str, float]) -> dict[str, float]:
     """Step metrics over the processes: the mean, except times and memory (the slowest, the largest)."""
     if accelerator.num_processes == 1:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    peaks = torch.tensor([k.startswith(("time/", "mem")) for k in keys], device=accelerator.device)
+        return measured
+    keys = sorted(measured)
+    values = torch.tensor([measured[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    peaks = torch.tensor([metrics.is_peak(k) for k in keys], device=accelerator.device)
     mean = accelerator.reduce(values.clone(), reduction="mean")
     largest = accelerator.reduce(values.clone(), reduction="max")
     return dict(zip(keys, torch.where(peaks, largest, mean).tolist(), strict=True))
@@ -203,8 +203,8 @@ def update(policy: Policy, objective: Objective, prepared: Any, inner: int, cfg:
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    stats["loss/policy"].append(loss)
-    stats["grad_norm"].append(float(grad_norm))
+    stats[metrics.LOSS].append(loss)
+    stats[metrics.GRAD_NORM].append(float(grad_norm))
 
 
 def make_optimizer(policy: Policy, cfg: TrainConfig):  # noqa: ANN201
@@ -259,16 +259,12 @@ def train(policy: Policy, objective: Objective, task: Task, cfg: TrainConfig, se
         for step in range(state.step, cfg.steps):
             meter.track_memory = step < cfg.track_memory_steps
             items = sampler.sample(pool, cfg.prompts_per_step)[rank * local:(rank + 1) * local]
-            started = time.perf_counter()
-            metrics = rl_step(step, policy, objective, task, items, cfg, optimizer, scheduler, accelerator, meter,
-                              seed)
-            metrics["time/step_s"] = time.perf_counter() - started
-            metrics["mem_tracked"] = float(step < cfg.track_memory_steps)
-            metrics = reduce_metrics(accelerator, metrics)
-            state.history.append(metrics)
-            accelerator.log(metrics, step=step)
+            measured = reduce_metrics(accelerator, rl_step(step, policy, objective, task, items, cfg, optimizer,
+                                                           scheduler, accelerator, meter, seed))
+            state.history.append(measured)
+            accelerator.log(measured, step=step)
             if on_step is not None:
-                on_step(step, metrics)
+                on_step(step, measured)
             if stop := stop_reason(state.history):
                 raise TrainingStopped(*stop, state.history)
             if evaluation is not None and evaluation.due(step + 1, cfg.steps):  # the policy after step + 1 steps
@@ -294,6 +290,6 @@ def evaluate_now(policy: Policy, task: Task, eval_items: Sequence[Item], evaluat
     result = evaluate(policy, task, eval_items, evaluation.rollout, evaluation.batch_size, seed, done)
     state.eval_seconds += time.perf_counter() - started
     state.evals.append(result)
-    accelerator.log({f"eval/{name}": e.mean for name, e in result.metrics.items()}, step=done - 1)
+    accelerator.log({metrics.EVAL_PREFIX + name: e.mean for name, e in result.metrics.items()}, step=done - 1)
     if folders is not None and folders.config.export_evaluated and not last:
         checkpoint.export(policy, folders, f"step-{done}", accelerator)

@@ -39,10 +39,11 @@ and including the first EOS).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from harness.model.bounds import check_bounds
 from harness.model.structs import Rollout
 
 ESTIMATORS = ("t-iid", "l-stratified", "complementary", "gauss", "block")
@@ -54,7 +55,7 @@ FALLBACK_BLOCK_LENGTH = 32
 class ElboConfig:
     """How the ELBO's Monte Carlo draws are made."""
 
-    estimator: str = "l-stratified"
+    estimator: str = field(default="l-stratified", metadata={"choices": ESTIMATORS})
     """'l-stratified' (DARE / LLaDA 1.5 l-form), 't-iid' (BGPO v3, i.i.d. noise level per draw), 'complementary'
     (mask pairs l and L - l; n_t even), 'gauss' (Gauss-Legendre nodes over t, GDPO) or 'block' (SPG's block-wise
     masks). The harness's default is the l-form: on the tiny default (issue #4) the t-iid form's 1/t weights gave
@@ -65,15 +66,12 @@ class ElboConfig:
     """Divide each draw's term by the answer length (DARE); off in the paper's v3 form."""
     include_padding: bool = False
     """Count the EOS padding after the first EOS as answer tokens (DARE); off = up to the first EOS (d1)."""
-    block_length: int = 0
+    block_length: int = field(default=0, metadata={"min": 0})
     """Positions per block of the 'block' estimator; 0: the sampler's semi-autoregressive block of the rollout
     (SPG: 32, LLaDA's block), 32 where the rollout did not come from the sampler."""
 
-    def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown ELBO estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.block_length < 0:
-            raise ValueError(f"elbo.block_length={self.block_length}: must be >= 0 (0: the sampler's block)")
+    def __post_init__(self) -> None:  # checked when built: set inside objective configs, where no validate() runs
+        check_bounds(self)
 
     def check_draws(self, n_draws: int) -> None:
         """The complementary estimator scores pairs: an odd number of draws is a configuration error."""

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.model.bounds import check_bounds
 from harness.model.families import HF, Family, family_of, load_model, read_adapter_pointer, read_config
 from harness.model.predictor import MaskPredictor
 
@@ -44,7 +45,7 @@ END_OF_TURN = "<|eot_id|>"
 class PolicyConfig:
     """How a checkpoint is loaded and trained: precision, adapters, memory savers."""
 
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata={"choices": tuple(DTYPES)})
     """Weights' dtype: float32 or bfloat16 (log-softmax, ELBO sums and ratios stay float32 either way)."""
     lora_r: int = field(default=0, metadata={"min": 0})
     """LoRA rank through peft; 0 trains every weight. d1 trains LLaDA with r = 128, alpha = 64."""
@@ -60,8 +61,8 @@ class PolicyConfig:
     """Run the checkpoint folder's own modelling code instead of the native family loader (families.py)."""
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        """The fields' bounds (their metadata); ValueError naming the field."""
+        check_bounds(self)
 
 
 class PolicyError(ValueError):

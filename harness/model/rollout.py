@@ -43,6 +43,7 @@ from typing import Protocol
 
 import torch
 
+from harness.model.bounds import check_bounds
 from harness.model.elbo import micro_batches
 from harness.model.structs import Rollout
 
@@ -57,26 +58,21 @@ class RolloutConfig:
     """Semi-autoregressive block size; must divide gen_length."""
     steps: int = field(default=12, metadata={"min": 1})
     """Total denoising steps; steps / (gen_length / block_length) per block, must divide evenly."""
-    temperature: float = 0.0
+    temperature: float = field(default=0.0, metadata={"min": 0})
     """Gumbel-max temperature; 0 is greedy."""
-    remasking: str = "low_confidence"
+    remasking: str = field(default="low_confidence", metadata={"choices": ("low_confidence", "random")})
     """'low_confidence' (LLaDA default) or 'random'."""
     micro_batch_size: int = field(default=0, metadata={"min": 0})
     """Rows decoded together (0 = all); a memory knob only, rows never interact."""
 
     def validate(self) -> None:
-        """Raise ValueError naming the field when the protocol is inconsistent."""
-        if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
-            raise ValueError(f"gen_length, block_length and steps must be positive, got {self}")
+        """The fields' bounds (their metadata) and the rules between fields; ValueError naming the field."""
+        check_bounds(self)
         if self.gen_length % self.block_length:
             raise ValueError(f"block_length={self.block_length} must divide gen_length={self.gen_length}")
         blocks = self.gen_length // self.block_length
         if self.steps % blocks:
             raise ValueError(f"steps={self.steps} must be a multiple of the number of blocks ({blocks})")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.remasking not in ("low_confidence", "random"):
-            raise ValueError(f"remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
 
 LOW_CONFIDENCE = "low_confidence"
 """Remasking rule: reveal the positions whose sampled token the model is most sure of (LLaDA's default)."""

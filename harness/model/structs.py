@@ -71,6 +71,7 @@ class Batch:
     row_seeds: tuple[int, ...]  # [N] seed of each sequence, from its global row: its draws and prompt masks
     world_size: int = 1  # processes sharing the global batch (each holds N of its rows)
     global_tokens: int | None = None  # completion tokens of the global batch (token means are global); None: local
+    micro_batch_size: int = 0  # sequences per objective forward/backward pass (0: all N): the run's TrainConfig's
 
     @property
     def token_total(self) -> int:

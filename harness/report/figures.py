@@ -26,11 +26,10 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
+from harness.loop import metrics
+from harness.loop.metrics import PHASES
 from harness.runs.records import RunRecord
-from harness.runs.registry import lookup
-from tasks import TASKS
 
-PHASE_TIMES = ("rollout", "reward", "update")
 DPI = 120
 
 
@@ -51,18 +50,18 @@ def memory_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     for (task, objective, n_t), runs in _grouped(records, with_mu=False).items():
         peaks = [r.peak_memory() for r in runs]
         rows.append({"task": task, "objective": objective, "n_t": n_t,
-                     "peak_total_mb": max(p["mem/peak_total_mb"] for p in peaks),
-                     "peak_activations_mb": max(p["mem/peak_activations_mb"] for p in peaks)})
+                     "peak_total_mb": max(p[metrics.PEAK_TOTAL_MB] for p in peaks),
+                     "peak_activations_mb": max(p[metrics.PEAK_ACTIVATIONS_MB] for p in peaks)})
     return rows
 
 
 def accuracy_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     rows = []
     for (task, objective, n_t, mu), runs in _grouped(records, with_mu=True).items():
-        metric = lookup("task", task, TASKS).metric
-        after = [r.after.metrics[metric].mean for r in runs if r.after is not None]
+        summaries = [r.summary() for r in runs]
+        after = [s.accuracy for s in summaries if s.accuracy is not None]
         if after:
-            rows.append({"task": task, "objective": objective, "n_t": n_t, "mu": mu, "metric": metric,
+            rows.append({"task": task, "objective": objective, "n_t": n_t, "mu": mu, "metric": summaries[0].metric,
                          "seeds": len(after), "mean": mean(after), "min": min(after), "max": max(after)})
     return rows
 
@@ -70,7 +69,7 @@ def accuracy_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
 def reward_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     rows = []
     for (task, objective, n_t, mu), runs in _grouped(records, with_mu=True).items():
-        curves = [[s.metrics["reward"] for s in r.steps] for r in runs if r.ok]
+        curves = [[s.reward for s in r.steps] for r in runs if r.ok]
         for step in range(max(map(len, curves), default=0)):
             values = [c[step] for c in curves if len(c) > step]
             rows.append({"task": task, "objective": objective, "n_t": n_t, "mu": mu, "step": step,
@@ -83,11 +82,11 @@ def step_time_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     for (task, objective, n_t, mu), runs in _grouped(records, with_mu=True).items():
         per_run = []
         for r in (r for r in runs if r.ok):
-            steps = [s for s in r.steps if not s.metrics.get("mem_tracked")] or list(r.steps)
-            per_run.append({p: median(s.metrics.get(f"time/{p}_s", 0.0) for s in steps) for p in PHASE_TIMES})
+            steps = r.untracked_steps()
+            per_run.append({p: median(s.metrics.get(metrics.phase_seconds(p), 0.0) for s in steps) for p in PHASES})
         if per_run:
             rows.append({"task": task, "objective": objective, "n_t": n_t, "mu": mu, "seeds": len(per_run),
-                         **{f"{p}_s": mean(t[p] for t in per_run) for p in PHASE_TIMES}})
+                         **{f"{p}_s": mean(t[p] for t in per_run) for p in PHASES}})
     return rows
 
 
@@ -153,7 +152,7 @@ def draw(name: str, rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     else:  # step_time: stacked bars per arm
         labels = [f"{r['objective']} {r['n_t'] or '-'} mu{r['mu']}" for r in rows]
         bottom = [0.0] * len(rows)
-        for phase in PHASE_TIMES:
+        for phase in PHASES:
             heights = [float(r[f"{phase}_s"]) for r in rows]
             ax.bar(labels, heights, bottom=bottom, label=phase)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]

@@ -1,4 +1,4 @@
-"""The leaderboard: the rows of a results file (``harness/results_file.py``) folded into one entry per arm
+"""The leaderboard: the runs of a results file (``harness/runs/results_file.py``) folded into one entry per arm
 (task, objective, n_t, mu, steps), written as Markdown (for reviews), CSV (raw numbers, for scripts) and one static HTML
 page (sortable table and plots) that opens offline from ``file://``.
 
@@ -11,8 +11,8 @@ Rules:
     3. An arm with no ok seed stays on the board, accuracy "-", so failures are seen, and sorts last in its task.
 
 Departures and simplifications:
-    1. matplotlib is drawn on a figure-owned Agg canvas (as in ``harness/plots.py``) and embedded as base64 PNG, so
-       the page references no URL at all.
+    1. matplotlib is drawn on a figure-owned Agg canvas (as in ``harness/report/plots.py``) and embedded as base64
+       PNG, so the page references no URL at all.
     2. The reward curve of an arm is the mean over the seeds that reached each step (a failed seed's curve stops).
 """
 
@@ -22,12 +22,13 @@ import base64
 import csv
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
-from harness.runs.results_file import OUTCOMES
+from harness.runs.config import Arm
+from harness.runs.summary import OUTCOMES, RunSummary
 
 CSV_FIELDS = ("task", "objective", "n_t", "mu", "steps", "metric", "seeds", "outcomes", "interval", "after_pct",
               "after_low_pct", "after_high_pct", "before_pct", "delta_pts", "peak_total_mb", "peak_activations_mb",
@@ -58,49 +59,48 @@ NOTES = (
 )
 
 
-def _outcomes(rows: Sequence[dict[str, Any]]) -> str:
+def _outcomes(rows: Sequence[RunSummary]) -> str:
     """'2 ok, 1 nan': counts in the order of OUTCOMES, unknown outcomes after them."""
-    names = dict.fromkeys([*OUTCOMES, *(r["outcome"] for r in rows)])
-    return ", ".join(f"{n} {o}" for o in names if (n := sum(r["outcome"] == o for r in rows)))
+    names = dict.fromkeys([*OUTCOMES, *(r.outcome for r in rows)])
+    return ", ".join(f"{n} {o}" for o in names if (n := sum(r.outcome == o for r in rows)))
 
 
 def _pct(fraction: float | None) -> float | None:
     return None if fraction is None else 100 * fraction
 
 
-def _present(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
-    return [r[key] for r in rows if r.get(key) is not None]
+def _present(values: Iterable[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
 
 
-def entry(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One leaderboard entry from the rows (seeds) of one arm; see the module rules."""
-    first, ok = rows[0], [r for r in rows if r["outcome"] == "ok" and r.get("after")]
-    after = [r["after"]["mean"] for r in ok]
+def entry(rows: Sequence[RunSummary]) -> dict[str, Any]:
+    """One leaderboard entry (a CSV row, ``CSV_FIELDS``) from the runs (seeds) of one arm; see the module rules."""
+    first, ok = rows[0], [r for r in rows if r.ok and r.after is not None]
+    after = [r.after.mean for r in ok]
     low, high = (min(after), max(after)) if len(ok) > 1 else (None, None)
     if len(ok) == 1:
-        low, high = ok[0]["after"]["low"], ok[0]["after"]["high"]
-    before = [r["before"]["mean"] for r in ok if r.get("before")]
-    curves = [r.get("reward_curve") or [] for r in rows]
-    return {"task": first["task"], "objective": first["objective"], "n_t": first["n_t"], "mu": first["mu"],
-            "steps": first.get("steps"),
-            "metric": first.get("metric") or "", "seeds": len(rows), "outcomes": _outcomes(rows),
+        low, high = ok[0].after.low, ok[0].after.high
+    before = [r.before.mean for r in ok if r.before is not None]
+    curves = [r.reward_curve for r in rows]
+    return {"task": first.task, "objective": first.objective, "n_t": first.n_t, "mu": first.mu, "steps": first.steps,
+            "metric": first.metric or "", "seeds": len(rows), "outcomes": _outcomes(rows),
             "interval": "" if not ok else "ci95" if len(ok) == 1 else "seed_range",
             "after_pct": _pct(mean(after)) if ok else None, "after_low_pct": _pct(low), "after_high_pct": _pct(high),
             "before_pct": _pct(mean(before)) if before else None,
             "delta_pts": 100 * (mean(after) - mean(before)) if ok and len(before) == len(ok) else None,
-            "peak_total_mb": max(_present(rows, "peak_total_mb"), default=None),
-            "peak_activations_mb": max(_present(rows, "peak_activations_mb"), default=None),
-            "step_s": median(v) if (v := _present(rows, "step_s")) else None,
-            "step_time_ratio": median(v) if (v := _present(rows, "step_time_ratio")) else None,
+            "peak_total_mb": max(_present(r.peak_total_mb for r in rows), default=None),
+            "peak_activations_mb": max(_present(r.peak_activations_mb for r in rows), default=None),
+            "step_s": median(v) if (v := _present(r.step_s for r in rows)) else None,
+            "step_time_ratio": median(v) if (v := _present(r.step_time_ratio for r in rows)) else None,
             "reward_curve": [mean(c[s] for c in curves if len(c) > s) for s in range(max(map(len, curves)))]}
 
 
-def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def aggregate(rows: Sequence[RunSummary]) -> list[dict[str, Any]]:
     """Entries of all arms, sorted by task, then accuracy after descending (arms without an ok seed last)."""
-    arms: dict[tuple, list[dict[str, Any]]] = {}
+    arms: dict[Arm, list[RunSummary]] = {}
     for row in rows:
-        arms.setdefault((row["task"], row["objective"], row["n_t"], row["mu"], row.get("steps")), []).append(row)
-    entries = [entry(sorted(group, key=lambda r: r["seed"])) for group in arms.values()]
+        arms.setdefault(row.arm, []).append(row)
+    entries = [entry(sorted(group, key=lambda r: r.seed)) for group in arms.values()]
     return sorted(entries, key=lambda e: (e["task"], e["after_pct"] is None, -(e["after_pct"] or 0), e["objective"],
                                           e["n_t"] is not None, e["n_t"] or 0, e["mu"], e["steps"] or 0))
 
@@ -236,7 +236,7 @@ def add_paired(entries: Sequence[dict[str, Any]], paired: tuple[dict, set], refe
     """Set each entry's paired difference to the reference arm (``paired.paired_results``'s output) in place."""
     results, references = paired
     for e in entries:
-        arm = (e["task"], e["objective"], e["n_t"], e["mu"], e["steps"])
+        arm = Arm(e["task"], e["objective"], e["n_t"], e["mu"], e["steps"] or 0)
         result = results.get(arm)
         e["paired_reference"] = reference
         e["paired"] = "ref" if arm in references else result.text() if result else None
@@ -246,7 +246,7 @@ def add_paired(entries: Sequence[dict[str, Any]], paired: tuple[dict, set], refe
                   "paired_p": result.p_value}
 
 
-def write_leaderboard(rows: Sequence[dict[str, Any]], out_dir: Path, title: str,
+def write_leaderboard(rows: Sequence[RunSummary], out_dir: Path, title: str,
                       paired: tuple[dict, set] | None = None, reference: str = "") -> dict[str, Path]:
     """Write leaderboard.md, .csv and .html into ``out_dir``; returns their paths by format. ``paired``: the arms'
     paired differences to ``reference`` (from the run records; without them the column reads '-')."""

@@ -12,7 +12,7 @@ Statistics (``harness/loop/stats.py``):
        per-puzzle cell accuracy averaged over seeds, and an exact McNemar test on the per-puzzle seed-majority
        ``solved`` (a puzzle counts as solved by an arm when more than half of its seeds solve it).
 
-Peak memory is the maximum over steps of each ``mem/peak_*_mb``; on CPU only the tracked first step has it.
+Peak memory is the maximum over steps of each ``metrics.PEAKS_MB``; on CPU only the tracked first step has it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from harness.loop import metrics
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import bootstrap_mean, bootstrap_mean_clustered, mcnemar, paired_bootstrap
+from harness.model.tiny import TinyConfig
 from harness.report.paired import paired_column
+from harness.runs.config import build
 from harness.runs.records import RunRecord, write_json_atomic
 
 METRICS = ("cell_accuracy", "solved", "valid")
@@ -68,7 +71,7 @@ def summarize_arm(group: Sequence[RunRecord], base: EvalResult) -> dict[str, Any
     ids = [item["id"] for item in base.items]
     name, n_t, mu = arm_key(group[0])
     row: dict[str, Any] = {"objective": name, "n_t": n_t, "mu": mu, "seeds": [r.seed for r in group],
-                           "steps": group[0].config["train"]["steps"]}
+                           "steps": group[0].config.train.steps}
     for metric in METRICS:
         table = score_table(group, metric, ids)  # [S, n]
         before = np.asarray([item[metric] for item in base.items], dtype=np.float64)  # [n]
@@ -135,9 +138,9 @@ def describe_model(model_path: str | None) -> str:
     """The built-in tiny model's recipe (from its tiny_config.json), else the checkpoint folder."""
     config = Path(model_path or "") / "tiny_config.json"
     if model_path and config.is_file():
-        tiny = json.loads(config.read_text())
-        return (f"built-in tiny model, {tiny['pretrain_steps']} SFT steps of batch {tiny['batch_size']} at lr "
-                f"{tiny['lr']} (hidden {tiny['hidden_size']}, {tiny['num_layers']} layers)")
+        tiny = build(TinyConfig, json.loads(config.read_text()))
+        return (f"built-in tiny model, {tiny.pretrain_steps} SFT steps of batch {tiny.batch_size} at lr "
+                f"{tiny.lr} (hidden {tiny.hidden_size}, {tiny.num_layers} layers)")
     return str(model_path)
 
 
@@ -153,8 +156,8 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
                      f"| {_pct(r['cell_accuracy'])} | {_pct(r['delta_cell_accuracy'], signed=True)} "
                      f"| {r['vs_reference']} | {_pct(r['solved'])} | {_pct(r['valid'])} "
                      f"| {r['train_reward_first']:.2f} -> {r['train_reward_last']:.2f} | {r['seconds_per_step']:.2f} "
-                     f"| {mem.get('mem/peak_activations_mb', float('nan')):.1f} "
-                     f"| {mem.get('mem/peak_total_mb', float('nan')):.1f} |")
+                     f"| {mem.get(metrics.PEAK_ACTIVATIONS_MB, float('nan')):.1f} "
+                     f"| {mem.get(metrics.PEAK_TOTAL_MB, float('nan')):.1f} |")
     lines += ["", "Intervals: two-level bootstrap over seeds and puzzles (`bootstrap_mean_clustered`); the delta "
               "is the same bootstrap of after-minus-before per puzzle. The paired column: the arm's cell accuracy "
               f"minus {summary['reference']}'s at the same mu on the same puzzles and seeds (paired bootstrap over "
@@ -170,12 +173,12 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
               f"only {t['a']}, {t['solved_only_b']} only {t['b']}) p = {t['p_mcnemar']:.4f}"
               for t in summary["paired"]] or ["- none (needs bgpo and another arm at the same mu)"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    train, objective = first.config["train"], first.config["objective_config"] or {}
-    estimator = objective.get("elbo", {}).get("estimator", "-")
-    lines += ["", f"Protocol: {train['steps']} steps x {train['prompts_per_step']} prompts x {train['group_size']} "
-              f"rollouts, lr {train['lr']}, warm-up {train['warmup_steps']}, rollout temperature "
-              f"{train['rollout']['temperature']}, ELBO estimator {estimator}, test evaluation every "
-              f"{first.config['eval']['every']} steps. Base policy: "
+    train = first.config.train
+    estimator = elbo.estimator if (elbo := getattr(first.config.objective_config, "elbo", None)) else "-"
+    lines += ["", f"Protocol: {train.steps} steps x {train.prompts_per_step} prompts x {train.group_size} "
+              f"rollouts, lr {train.lr}, warm-up {train.warmup_steps}, rollout temperature "
+              f"{train.rollout.temperature}, ELBO estimator {estimator}, test evaluation every "
+              f"{first.config.eval.every} steps. Base policy: "
               f"{describe_model(summary.get('model_path'))}.", "",
               f"Device: {env['device']['name']} ({env['device']['type']}, {env['device']['torch_threads']} torch "
               f"threads). Versions: {versions}. Git commit: {env['git_commit']}."]

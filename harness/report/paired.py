@@ -20,12 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.loop.stats import DEFAULT_TEST_RESAMPLES, Estimate, paired_bootstrap_seeds
+from harness.runs.config import Arm
 from harness.runs.records import RunRecord
 from harness.runs.registry import lookup
 from tasks import TASKS
-
-Arm = tuple[str, str, int | None, int, int]
-"""(task, objective, n_t, mu, steps)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class Paired:
 
 
 def arm_of(record: RunRecord) -> Arm:
-    return (record.task, record.objective, record.n_t, record.mu, record.config["train"]["steps"])
+    return record.config.arm
 
 
 def parse_reference(reference: str) -> tuple[str, int | None]:
@@ -57,7 +55,7 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
 
 def protocol_of(arm: Arm) -> tuple[str, int, int]:
     """(task, mu, steps): what an arm shares with the reference it is compared with."""
-    return arm[0], arm[3], arm[4]
+    return arm.task, arm.mu, arm.steps
 
 
 def reference_arms(records: Sequence[RunRecord], reference: str | None) -> dict[tuple[str, int, int], Arm]:
@@ -68,7 +66,7 @@ def reference_arms(records: Sequence[RunRecord], reference: str | None) -> dict[
     arms: dict[tuple[str, int, int], Arm] = {}
     for record in records:
         arm = arm_of(record)
-        if protocol_of(arm) not in arms and arm[1] == name and (n_t is None or arm[2] == n_t):
+        if protocol_of(arm) not in arms and arm.objective == name and (n_t is None or arm.n_t == n_t):
             arms[protocol_of(arm)] = arm
     return arms
 

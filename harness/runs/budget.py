@@ -13,6 +13,7 @@ lengths differ little between batches of one task); the rollout itself is not pa
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from harness.loop import metrics
 from harness.loop.trainer import TrainConfig, make_optimizer, update
 from harness.model.device import release_cached_memory
 from harness.model.policy import Policy
@@ -50,7 +52,7 @@ def peak_bytes(row: dict[str, Any]) -> float | None:
     """The peak a budget is held to: the CUDA allocator's (fragmentation included) on GPU, MemTracker's on CPU."""
     if row["outcome"] != "ok":
         return None
-    return row.get("cuda_max_allocated_mb", row["mem/peak_total_mb"]) * MIB
+    return row.get(metrics.CUDA_MAX_ALLOCATED_MB, row[metrics.PEAK_TOTAL_MB]) * MIB
 
 
 def probe_nts(policy: Any, batch: Any, name: str, nts: list[int], device: torch.device, budget: int | None,
@@ -62,10 +64,11 @@ def probe_nts(policy: Any, batch: Any, name: str, nts: list[int], device: torch.
     with outcome 'invalid' and its reason."""
     from harness.runs.sweep import objective_config
 
+    batch = dataclasses.replace(batch, micro_batch_size=micro_batch_size)  # the objective's passes (TrainConfig's)
     rows = []
     for n_t in sorted(nts):
         try:
-            config = objective_config(name, n_t, [("micro_batch_size", micro_batch_size), *settings])
+            config = objective_config(name, n_t, settings)
             if hasattr(config, "elbo"):
                 config.elbo.check_draws(n_t)
         except ValueError as error:
@@ -116,7 +119,7 @@ def probe_update(policy: Policy, objective: Any, batch: Batch, device: torch.dev
         with track_peak_memory(policy.model, optimizer, device) as peak:
             prepared = objective.prepare(policy, batch, train.mu)
             update(policy, objective, prepared, 0, train, optimizer, scheduler, accelerator, defaultdict(list))
-        row = {"outcome": "ok", **peak.split.to_mb(), "time/update_tracked_s": time.perf_counter() - started,
+        row = {"outcome": "ok", **peak.split.to_mb(), metrics.UPDATE_TRACKED_S: time.perf_counter() - started,
                **device_peak_mb(device)}
     except torch.OutOfMemoryError:
         row = {"outcome": "oom"}
@@ -142,7 +145,8 @@ def fit_nts(spec: Any, model_path: Path, device: torch.device, out: Path) -> dic
     for name in spec.objectives:
         if not lookup("objective", name, OBJECTIVES).uses_nt:
             continue
-        rows = probe_nts(policy, batch, name, list(spec.nt), device, budget, train=spec.train)
+        rows = probe_nts(policy, batch, name, list(spec.nt), device, budget, spec.train.micro_batch_size,
+                         train=spec.train)
         probes += rows
         best = largest_fitting(rows)
         if best is None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import re
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, NamedTuple
 
 from harness.loop.checkpoint import CheckpointConfig
 from harness.loop.evaluate import EvalConfig
@@ -19,29 +21,87 @@ from harness.model.policy import PolicyConfig
 
 RANDOMNESS = "per-row-v1"
 """Every sequence draws its rollout noise, ELBO draws and prompt masks from the seed of its global row (issue #13).
-Records made before it (one stream per process) have no ``randomness`` in their config."""
+Records made before it (one stream per process) have no ``randomness`` in their config: they read back with
+LEGACY_RANDOMNESS, which the fingerprint leaves out (as their configs did)."""
+LEGACY_RANDOMNESS = "per-process"
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines one run; its hash is the run id."""
+class RunSettings:
+    """What a run and a sweep both hold: the model and the configs of the parts. ``SweepSpec`` (a grid) and
+    ``RunConfig`` (one run of it) derive from it, so each of these settings is declared once."""
 
-    objective: str
-    objective_config: Any
-    task: str = "sudoku"
     model: str = "tiny"
     """'tiny' (the built-in model, pretrained on first use) or a local Hugging Face checkpoint folder."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     device: str = "cpu"
-    threads: int = 2
-    """torch CPU threads; set explicitly because oversubscription slows steps several-fold."""
+    """cpu, cuda, cuda:N or auto."""
+    threads: int = field(default=2, metadata={"min": 1})
+    """torch CPU threads (set explicitly: oversubscription slows steps several-fold)."""
     data_dir: str | None = None
     """Local task data folder (else the DLLM_HARNESS_DATA_DIR env var, else the Hub)."""
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    """Checkpoint cadence and policy export (not part of the protocol: they change no number)."""
+
+    def shared(self) -> dict[str, Any]:
+        """The ``RunSettings`` fields of this sweep or run, by name (what a sweep hands each of its runs)."""
+        return {f.name: getattr(self, f.name) for f in fields(RunSettings)}
+
+
+class Arm(NamedTuple):
+    """Runs that differ only in their seed: one line of a leaderboard, one side of a paired difference."""
+
+    task: str
+    objective: str
+    n_t: int | None
+    mu: int
+    steps: int
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """A run's place in a comparison: what a baseline entry, a results row and a record of the same run share.
+    The protocol fingerprint says whether two runs at one key are comparable; the run id joins the two."""
+
+    task: str
+    objective: str
+    n_t: int | None
+    mu: int
+    seed: int
+
+    def __str__(self) -> str:
+        """'sudoku/bgpo/nt4/mu2/s0' (n_t '-' for an objective without Monte Carlo draws): the baseline's key."""
+        return f"{self.task}/{self.objective}/nt{'-' if self.n_t is None else self.n_t}/mu{self.mu}/s{self.seed}"
+
+    @classmethod
+    def parse(cls, text: str) -> RunKey:
+        """The key ``str`` wrote; ValueError naming the text otherwise."""
+        match = re.fullmatch(r"([^/]+)/([^/]+)/nt(-|\d+)/mu(\d+)/s(\d+)", text)
+        if match is None:
+            raise ValueError(f"{text!r} is not a run key (task/objective/ntN/muM/sS)")
+        task, objective, n_t, mu, seed = match.groups()
+        return cls(task, objective, None if n_t == "-" else int(n_t), int(mu), int(seed))
+
+    def run_id(self, fingerprint: str) -> str:
+        """Readable prefix + the first 8 digits of the protocol fingerprint: one id per protocol."""
+        n_t = "" if self.n_t is None else f"-nt{self.n_t}"
+        return f"{self.task}-{self.objective}{n_t}-mu{self.mu}-s{self.seed}-{fingerprint[:8]}"
+
+    @property
+    def peers(self) -> tuple[str, int, int]:
+        """(task, mu, seed): the runs whose step times this run's is held to by the gate."""
+        return self.task, self.mu, self.seed
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(RunSettings):
+    """Everything that defines one run; its hash is the run id."""
+
+    objective: str
+    objective_config: Any
+    task: str = "sudoku"
+    seed: int = 0
     randomness: str = RANDOMNESS
     """How the run's random numbers are drawn (not a setting: recorded so that records made otherwise, whose configs
     lack it, never share a fingerprint with a run of today's code)."""
@@ -49,10 +109,32 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """The config a record stores (``to_dict``); the objective's config is its registered config class. Fields
+        added since a record was written take their defaults, fields since removed are dropped."""
+        from harness.runs.registry import lookup
+        from objectives import OBJECTIVES
+
+        objective_type = type(lookup("objective", data["objective"], OBJECTIVES)().config)
+        objective_config = dict(data.get("objective_config") or {})
+        train = dict(data.get("train") or {})
+        if "micro_batch_size" in objective_config:  # a record from before it was a setting of the run
+            train.setdefault("micro_batch_size", objective_config.pop("micro_batch_size"))
+        return build(cls, {"randomness": LEGACY_RANDOMNESS, **data, "train": train,
+                           "objective_config": build(objective_type, objective_config)})
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.task, self.objective, getattr(self.objective_config, "n_t", None), self.train.mu,
+                      self.seed)
+
+    @property
+    def arm(self) -> Arm:
+        return Arm(self.task, self.objective, self.key.n_t, self.train.mu, self.train.steps)
+
     def run_id(self, task_version: str | None = None, world_size: int | None = None) -> str:
-        """Readable prefix + the first 8 digits of the protocol fingerprint: one id per protocol."""
-        name = self.objective + (f"-nt{self.objective_config.n_t}" if hasattr(self.objective_config, "n_t") else "")
-        return f"{self.task}-{name}-mu{self.train.mu}-s{self.seed}-{self.fingerprint(task_version, world_size)[:8]}"
+        return self.key.run_id(self.fingerprint(task_version, world_size))
 
     def fingerprint(self, task_version: str | None = None, world_size: int | None = None) -> str:
         """The protocol fingerprint of this run (see ``protocol_fingerprint``); the task's current version and this
@@ -64,6 +146,30 @@ class RunConfig:
             task_version = lookup("task", self.task, TASKS).version
         return protocol_fingerprint(self.to_dict(), task_version, current_world_size() if world_size is None
                                     else world_size)
+
+    def base_evaluation_key(self, model_path: str) -> str:
+        """The identity of the base policy's evaluation this run starts from: the model, task, evaluation protocol,
+        policy settings and device (runs that share them share one evaluation)."""
+        data = self.to_dict()
+        return settings_fingerprint({"model": model_path, "task": self.task, "eval": data["eval"],
+                                     "policy": data["policy"], "device": self.device})
+
+
+def build(cls: type, data: dict[str, Any]) -> Any:
+    """Dataclass ``cls`` from its ``asdict`` form: nested configs rebuilt, lists back to tuples, unknown keys
+    dropped, missing ones defaulted."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if is_dataclass(hint) and isinstance(value, dict):
+            value = build(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
 
 
 def current_world_size() -> int:
@@ -82,8 +188,16 @@ the state is saved and what is exported (a resumed run equals an uninterrupted o
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """A config's dict form (``RunConfig.to_dict``, or a record's ``config``) without the fields in NOT_PROTOCOL,
     and without the ELBO's ``block_length`` unless its estimator is 'block' (the only one that reads it; the field
-    came with issue #15, so runs of the other estimators keep their earlier fingerprints)."""
+    came with issue #15, so runs of the other estimators keep their earlier fingerprints). ``train.micro_batch_size``
+    is hashed where it stood until issue #22, in ``objective_config``, so a record of either layout and a fresh run of
+    the same settings share one fingerprint."""
     kept = {k: v for k, v in config.items() if k not in NOT_PROTOCOL}
+    train, objective = kept.get("train"), kept.get("objective_config")
+    if isinstance(train, dict) and "micro_batch_size" in train and isinstance(objective, dict):
+        kept["train"] = {k: v for k, v in train.items() if k != "micro_batch_size"}
+        kept["objective_config"] = {**objective, "micro_batch_size": train["micro_batch_size"]}
+    if kept.get("randomness") == LEGACY_RANDOMNESS:  # a record from before the field: hashed without it, as then
+        del kept["randomness"]
     elbo = (kept.get("objective_config") or {}).get("elbo")
     if isinstance(elbo, dict) and elbo.get("estimator") != "block" and "block_length" in elbo:
         elbo = {k: v for k, v in elbo.items() if k != "block_length"}

@@ -38,7 +38,7 @@ from harness.loop.evaluate import EvalResult, evaluate
 from harness.loop.trainer import TrainingStopped, TrainResult, train
 from harness.model.device import process_device, process_state, release_cached_memory, synchronize
 from harness.model.policy import Policy
-from harness.runs.config import RunConfig, current_world_size, settings_fingerprint
+from harness.runs.config import RunConfig, current_world_size
 from harness.runs.records import RunRecord, StepMetrics, environment, write_json_atomic
 from harness.runs.registry import lookup
 from objectives import OBJECTIVES
@@ -89,8 +89,7 @@ class RunContext:
         """The base policy's evaluation (step 0) under ``cfg``'s evaluation protocol, computed once per sweep and, with
         ``out``, stored in out/bases/<key>.json, so that a requeued sweep does not decode the test set again."""
         model_path = self.model_path(cfg.model)
-        key = settings_fingerprint({"model": str(model_path), "task": cfg.task, "eval": cfg.to_dict()["eval"],
-                                    "policy": cfg.to_dict()["policy"], "device": cfg.device})
+        key = cfg.base_evaluation_key(str(model_path))
         stored = self.out / "bases" / f"{key}.json" if self.out is not None else None
         if key not in self.bases and stored is not None and stored.is_file():  # a resumed sweep: not decoded again
             self.bases[key] = EvalResult.from_json(json.loads(stored.read_text()))
@@ -170,7 +169,7 @@ def run(cfg: RunConfig, context: RunContext | None = None, on_step: OnStep | Non
     reference = (reference + reference_seconds(device)) / 2  # timed around the run: the same machine load
     processes = current_world_size()
     return RunRecord(run_id=cfg.run_id(version, processes), fingerprint=cfg.fingerprint(version, processes),
-                     config=cfg.to_dict(), task_version=version, world_size=processes, outcome=outcome, error=error,
+                     config=cfg, task_version=version, world_size=processes, outcome=outcome, error=error,
                      steps=tuple(StepMetrics(i, m) for i, m in enumerate(steps)), evals=(before, *evals),
                      model_path=str(model_path), policy_path=str(exported) if exported else None,
                      reference_s=reference, train_seconds=wall - eval_seconds, eval_seconds=eval_seconds,

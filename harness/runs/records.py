@@ -29,7 +29,10 @@ from typing import Any, TextIO
 
 import torch
 
+from harness.loop import metrics
 from harness.loop.evaluate import EvalResult
+from harness.runs.config import RunConfig
+from harness.runs.summary import RunSummary
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy", "rich", "typer")
 SCHEMA_VERSION = 2
@@ -44,7 +47,7 @@ class StepMetrics:
 
     @property
     def reward(self) -> float:
-        return self.metrics["reward"]
+        return self.metrics[metrics.REWARD]
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,12 @@ class RunRecord:
     run_id: str
     fingerprint: str
     """``config.protocol_fingerprint`` of (config, task_version, world_size); two runs compare only when equal."""
-    config: dict[str, Any]
-    """``RunConfig.to_dict()``: model, task, objective and its config, train and eval protocols, seed ..."""
+    config: RunConfig
+    """Model, task, objective and its config, train and eval protocols, seed ... (stored as ``to_dict()``)."""
     task_version: str
     world_size: int
     outcome: str = "ok"
-    """ok | nan | diverged | oom | error | preempted (results_file.OUTCOMES); a preempted run is resumed from its
+    """ok | nan | diverged | oom | error | preempted (summary.OUTCOMES); a preempted run is resumed from its
     checkpoint by the next run of the same command."""
     error: str | None = None
     steps: tuple[StepMetrics, ...] = ()
@@ -101,33 +104,57 @@ class RunRecord:
 
     @property
     def task(self) -> str:
-        return self.config["task"]
+        return self.config.task
 
     @property
     def objective(self) -> str:
-        return self.config["objective"]
+        return self.config.objective
 
     @property
     def n_t(self) -> int | None:
-        return (self.config["objective_config"] or {}).get("n_t")
+        return self.config.key.n_t
 
     @property
     def mu(self) -> int:
-        return self.config["train"]["mu"]
+        return self.config.train.mu
 
     @property
     def seed(self) -> int:
-        return self.config["seed"]
+        return self.config.seed
+
+    def summary(self) -> RunSummary:
+        """The run's headline numbers: its results row and baseline entry (harness/runs/summary.py)."""
+        from harness.runs.registry import lookup
+        from tasks import TASKS
+
+        metric = lookup("task", self.task, TASKS).metric
+        memory = self.peak_memory() if self.steps else {}
+        step_s, reference = self.step_time(), self.reference_s
+        key = self.config.key
+        return RunSummary(run_id=self.run_id, task=key.task, objective=key.objective, n_t=key.n_t, mu=key.mu,
+                          seed=key.seed, outcome=self.outcome, sweep=self.sweep, steps=self.config.train.steps,
+                          fingerprint=self.fingerprint, error=self.error, metric=metric,
+                          before=self.before.metrics[metric], after=self.after.metrics[metric] if self.after else None,
+                          peak_total_mb=memory.get(metrics.PEAK_TOTAL_MB),
+                          peak_activations_mb=memory.get(metrics.PEAK_ACTIVATIONS_MB),
+                          step_s=step_s, reference_s=reference,
+                          step_time_ratio=step_s / reference if step_s and reference else None,
+                          reward_curve=tuple(s.reward for s in self.steps), memory_budget=self.memory_budget,
+                          device=self.device.get("name"), git_commit=self.git_commit)
 
     def step_time(self) -> float | None:
         """Median seconds per step over the steps whose memory was not tracked (the tracker slows a CPU step)."""
-        steps = [s for s in self.steps if not s.metrics.get("mem_tracked")] or list(self.steps)
-        return median(s.metrics["time/step_s"] for s in steps) if steps else None
+        steps = self.untracked_steps()
+        return median(s.metrics[metrics.STEP_S] for s in steps) if steps else None
+
+    def untracked_steps(self) -> list[StepMetrics]:
+        """The steps whose memory was not tracked (all of them when every step was): the ones to time."""
+        return [s for s in self.steps if not s.metrics.get(metrics.MEM_TRACKED)] or list(self.steps)
 
     def peak_memory(self) -> dict[str, float]:
         """Largest tracked peak of each memory category over the steps, in MB (NaN when no step tracked it)."""
-        keys = dict.fromkeys(("mem/peak_total_mb", "mem/peak_activations_mb"))
-        keys |= dict.fromkeys(k for s in self.steps for k in s.metrics if k.startswith("mem/peak_"))
+        keys = dict.fromkeys((metrics.PEAK_TOTAL_MB, metrics.PEAK_ACTIVATIONS_MB))
+        keys |= dict.fromkeys(k for s in self.steps for k in s.metrics if k in metrics.PEAKS_MB)
         return {k: max((s.metrics[k] for s in self.steps if k in s.metrics), default=math.nan) for k in keys}
 
     def reward_ends(self) -> tuple[float, float]:
@@ -142,6 +169,7 @@ class RunRecord:
 # ---- on disk ------------------------------------------------------------------------------------------------------
 def record_to_json(record: RunRecord) -> dict[str, Any]:
     data = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    data["config"] = record.config.to_dict()
     data["steps"] = [{"step": s.step, **s.metrics} for s in record.steps]
     data["evals"] = [e.to_json() for e in record.evals]
     return data
@@ -157,7 +185,8 @@ def record_from_json(data: dict[str, Any]) -> RunRecord:
                   for s in data["steps"])
     known = {f.name for f in dataclasses.fields(RunRecord)}
     fields = {k: v for k, v in data.items() if k in known}
-    return RunRecord(**{**fields, "steps": steps, "evals": tuple(EvalResult.from_json(e) for e in data["evals"])})
+    return RunRecord(**{**fields, "config": RunConfig.from_dict(data["config"]), "steps": steps,
+                        "evals": tuple(EvalResult.from_json(e) for e in data["evals"])})
 
 
 def write_record(path: Path, record: RunRecord) -> None:

@@ -17,21 +17,16 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-ROW_SCHEMA = 1
+from harness.runs.summary import RunSummary
+
 RESULTS_NAME = "results.jsonl"
 LOCK_NAME = ".results.lock"
-REQUIRED = ("run_id", "task", "objective", "n_t", "mu", "seed", "outcome")
-"""Keys every row must have; a row without them is reported and skipped like a truncated line."""
-OUTCOMES = ("ok", "nan", "diverged", "oom", "error", "preempted")
-"""ok: trained and evaluated. nan: a non-finite loss or gradient stopped training. diverged: the training reward
-collapsed (trainer.COLLAPSE_WINDOW / COLLAPSE_FRACTION). oom: out of memory. error: any other exception (its
-message is in the row)."""
 
 
-def read_results(path: Path, warn: Callable[[str], None], needs: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a results file; each bad line is passed to ``warn`` as 'path:line: why' and skipped.
+def read_results(path: Path, warn: Callable[[str], None], needs: Sequence[str] = ()) -> list[RunSummary]:
+    """The runs of a results file; each bad line (not JSON, or a field absent or of the wrong type, see
+    ``RunSummary.from_json``) is passed to ``warn`` as 'path:line: why' and skipped.
 
     A missing or unreadable file is a ValueError naming it. ``needs``: keys the caller cannot judge a row without
     (the gate's figures); a complete row lacking one is a ValueError 'path:line: ...', not a skipped line, so a gate
@@ -47,8 +42,8 @@ def read_results(path: Path, warn: Callable[[str], None], needs: Sequence[str] =
         raise ValueError(f"{path}: {error.strerror or error}") from None
 
 
-def parse_row(line: str, where: str, warn: Callable[[str], None], needs: Sequence[str]) -> dict[str, Any] | None:
-    """One line's row, or None (blank, or warned about and skipped); ValueError when it lacks a key in ``needs``."""
+def parse_row(line: str, where: str, warn: Callable[[str], None], needs: Sequence[str]) -> RunSummary | None:
+    """One line's run, or None (blank, or warned about and skipped); ValueError when it lacks a key in ``needs``."""
     if not line.strip():
         return None
     why = None
@@ -58,16 +53,16 @@ def parse_row(line: str, where: str, warn: Callable[[str], None], needs: Sequenc
         cut = "" if line.endswith("\n") else ", no newline: cut short"
         why = f"not a complete JSON line ({error.msg}{cut})"
     else:
-        if not isinstance(row, dict):
-            why = "not a JSON object"
-        elif missing := [key for key in REQUIRED if key not in row]:
-            why = f"missing {', '.join(missing)}"
+        try:
+            summary = RunSummary.from_json(row)
+        except ValueError as error:
+            why = str(error)
     if why:
         warn(f"{where}: {why}; line skipped")
         return None
     if missing := [key for key in needs if key not in row]:
-        raise ValueError(f"{where}: row {row['run_id']} has no {', '.join(missing)}")
-    return row
+        raise ValueError(f"{where}: row {summary.run_id} has no {', '.join(missing)}")
+    return summary
 
 
 @contextmanager
@@ -85,10 +80,10 @@ def results_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row as a single write, flushed to disk, so a reader sees it whole or (after a kill) cut short."""
+def append_row(path: Path, summary: RunSummary) -> None:
+    """Append one run as a single write, flushed to disk, so a reader sees it whole or (after a kill) cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(row, default=str) + "\n").encode()
+    data = (json.dumps(summary.to_json()) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
@@ -97,8 +92,8 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def rewrite_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Replace the file with ``rows`` atomically (temporary file + rename)."""
+def rewrite_rows(path: Path, summaries: Iterable[RunSummary]) -> None:
+    """Replace the file with ``summaries`` atomically (temporary file + rename)."""
     from harness.runs.records import write_atomic
 
-    write_atomic(path, lambda handle: handle.writelines(json.dumps(row, default=str) + "\n" for row in rows))
+    write_atomic(path, lambda handle: handle.writelines(json.dumps(s.to_json()) + "\n" for s in summaries))

@@ -21,9 +21,11 @@ import inspect
 import textwrap
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harness.model.bounds import KIND_NAMES, bound_problem
 from harness.runs.registry import UnknownName, lookup
 
 SCALARS = (bool, int, float, str)
@@ -47,8 +49,9 @@ class Setting:
     optional: bool
     """None is a valid value (e.g. memory_budget)."""
     help: str
-    minimum: int | None = None
-    """Smallest valid value (of each element for a list), from the field's ``metadata={"min": ...}``."""
+    bounds: Mapping[str, Any]
+    """The field's declared bounds, its metadata (``{"min": 1}``, ``{"choices": (...)}``), which every value given
+    (each element of a list) must meet (harness/model/bounds.py)."""
 
     @property
     def flag(self) -> str:
@@ -56,7 +59,17 @@ class Setting:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstrings written under a dataclass's fields (the string literal after each annotated name)."""
+    """The docstrings written under a dataclass's fields (the string literal after each annotated name), those of
+    the dataclasses it derives from included."""
+    docs = {}
+    for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        docs |= own_field_docs(base)
+    return docs
+
+
+@functools.cache
+def own_field_docs(cls: type) -> dict[str, str]:
+    """The field docstrings written in ``cls``'s own body."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -94,7 +107,7 @@ def walk(cls: type, path: tuple[str, ...] = ()) -> list[Setting]:
         if leaf is None:
             raise TypeError(f"{cls.__name__}.{f.name}: a setting must be a scalar, a tuple or a config")
         key = "_".join(part for part in (*path, f.name) if part not in FLAT_PARTS)
-        found.append(Setting(key, (*path, f.name), *leaf, docs.get(f.name, ""), f.metadata.get("min")))
+        found.append(Setting(key, (*path, f.name), *leaf, docs.get(f.name, ""), f.metadata))
     return found
 
 
@@ -132,10 +145,7 @@ def setting_of(where: str, key: str, table: dict[str, Setting]) -> Setting:
         raise ValueError(f"{where}: {error}") from None
 
 
-KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
-
-
-def convert(value: Any, kind: type, optional: bool, where: str, minimum: int | None = None) -> Any:
+def convert(value: Any, kind: type, optional: bool, where: str, bounds: Mapping[str, Any] | None = None) -> Any:
     """One value of type ``kind`` from a TOML value or command-line text; ValueError naming ``where``."""
     if isinstance(value, str) and kind is not str:
         text = value.strip()
@@ -157,8 +167,8 @@ def convert(value: Any, kind: type, optional: bool, where: str, minimum: int | N
         converted = value
     else:
         raise ValueError(f"{where}: {value!r} is not {KIND_NAMES[kind]}")
-    if minimum is not None and converted < minimum:
-        raise ValueError(f"{where}: {value!r} is not {KIND_NAMES[kind]} >= {minimum}")
+    if why := bound_problem(converted, bounds or {}):
+        raise ValueError(f"{where}: {value!r} is not {why}")
     return converted
 
 
@@ -174,7 +184,7 @@ def parse_values(setting: Setting, raw: Any, where: str) -> tuple[Any, ...]:
         items = list(raw) if isinstance(raw, list | tuple) else [raw]
     if not items and not setting.is_list:
         raise ValueError(f"{where}: no value")
-    return tuple(convert(v, setting.kind, setting.optional, where, setting.minimum) for v in items)
+    return tuple(convert(v, setting.kind, setting.optional, where, setting.bounds) for v in items)
 
 
 def apply_settings(spec: Any, values: dict[str, Any], where: str, flags: bool = False) -> Any:
@@ -222,4 +232,4 @@ def objective_override(config: Any, key: str, value: Any, where: str) -> Any:
     """``config`` (an objective's config dataclass) with dotted ``key`` set to ``value`` converted to its type."""
     setting = setting_of(where, key, config_settings(type(config)))
     return replace(config, setting.path, convert(value, setting.kind, setting.optional, f"{where}.{key}",
-                                                 setting.minimum))
+                                                 setting.bounds))

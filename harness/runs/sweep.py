@@ -27,16 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.loop.checkpoint import CheckpointConfig, preemption_requested, preemption_signals
+from harness.loop.checkpoint import preemption_requested, preemption_signals
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.elbo import ElboConfig
-from harness.model.policy import PolicyConfig
-from harness.runs.config import RunConfig
+from harness.runs.config import RunConfig, RunSettings
 from harness.runs.pipeline import RunContext, Trainer, run, train_run
 from harness.runs.records import RunRecord, read_record, write_record
 from harness.runs.registry import lookup
-from harness.runs.results_file import RESULTS_NAME, ROW_SCHEMA, append_row, results_lock, rewrite_rows
+from harness.runs.results_file import RESULTS_NAME, append_row, results_lock, rewrite_rows
 from harness.runs.settings import (
     apply_settings,
     get,
@@ -49,10 +48,9 @@ from tasks import TASKS
 
 
 @dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(RunSettings):
     """A grid of runs and the settings they share. Every field is a setting: `harness compare --KEY` and a sweep
     file's ``KEY =`` (nested fields by their path, see harness/runs/settings.py)."""
-
     objectives: tuple[str, ...] = ("bgpo", "vrpo", "diffu-grpo")
     """Objectives compared (`harness ls`), in table order; the first is the reference arm of the paired column."""
     nt: tuple[int, ...] = field(default=(4, 16), metadata={"min": 1})
@@ -62,24 +60,12 @@ class SweepSpec:
     """Tasks (`harness ls`)."""
     seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0})
     """Seeds: each (task, objective, n_t) runs once per seed."""
-    model: str = "tiny"
-    """'tiny' (the built-in model, pretrained on first use) or a local Hugging Face checkpoint folder."""
     estimator: str | None = None
     """ELBO estimator of every ELBO objective: 'l-stratified', 't-iid', 'complementary', 'gauss' or 'block' (see
     harness/model/elbo.py); None: each objective's own (l-stratified for BGPO and VRPO-OL, block for SPG,
     complementary for ESPO, gauss for GDPO)."""
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, mu=2))
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     memory_budget: str | None = None
     """e.g. '80GiB': give each ELBO objective the largest n_t whose measured peak memory fits."""
-    device: str = "cpu"
-    """cpu, cuda, cuda:N or auto."""
-    threads: int = field(default=2, metadata={"min": 1})
-    """torch CPU threads (set explicitly: oversubscription slows steps several-fold)."""
-    data_dir: str | None = None
-    """Local task data folder (else the DLLM_HARNESS_DATA_DIR env var, else the Hub)."""
     log_with: tuple[str, ...] = ()
     """accelerate trackers that receive every step's metrics (tensorboard, wandb, trackio, ...); logs go under
     OUT/logs. Off by default."""
@@ -92,11 +78,11 @@ class SweepSpec:
 RECIPES: dict[str, SweepSpec] = {
     "compare": SweepSpec(),
     "learn": SweepSpec(objectives=("bgpo", "vrpo", "diffu-grpo", "spg", "espo", "wd1", "gdpo", "vrpo-exact"), nt=(),
-                       seeds=(0, 1, 2), train=TrainConfig(steps=100), eval=EvalConfig(every=25),
+                       seeds=(0, 1, 2), train=TrainConfig(steps=100, mu=1), eval=EvalConfig(every=25),
                        objective_settings=(("bgpo", "n_t", 16), ("vrpo", "n_t", 4), ("vrpo-exact", "n_t", 16),
                                            ("spg", "n_t", 2), ("spg", "eubo_beta", 1.0), ("espo", "n_t", 4),
                                            ("espo", "beta", 0.01), ("gdpo", "n_t", 3)),
-                       vary=(("mu", (1, 2)),)),
+                       vary=(("mu", (1, 2)),)),  # a varied setting's field holds its first value, as from a flag
 }
 """Named recipes. compare: the default comparison (30 steps at mu = 2, the paper's off-policy setting; about 10
 minutes on 2 CPU cores). learn: the learning benchmark (`harness bench learn`): the paper's budget pairing, BGPO at
@@ -129,10 +115,7 @@ def plan_runs(spec: SweepSpec, nts_by_objective: dict[str, tuple[int, ...]] | No
             config = objective_config(name, n_t, settings)
             for combo, seed in itertools.product(varied, spec.seeds):
                 point = apply_settings(spec, dict(combo), "") if combo else spec
-                runs.append(RunConfig(objective=name, objective_config=config, task=task, model=spec.model,
-                                      policy=point.policy, train=point.train, eval=point.eval, seed=seed,
-                                      device=spec.device, threads=spec.threads, data_dir=spec.data_dir,
-                                      checkpoint=point.checkpoint))
+                runs.append(RunConfig(objective=name, objective_config=config, task=task, seed=seed, **point.shared()))
     return runs
 
 
@@ -189,8 +172,11 @@ def with_objective_settings(spec: SweepSpec, texts: Sequence[str], where: str = 
 
 def validate_spec(spec: SweepSpec, where: str = "") -> None:
     """Names and values checked before anything runs; ValueError naming the setting."""
+    from harness.model.bounds import check_bounds
     from harness.runs.budget import parse_size
+    from harness.runs.settings import config_settings, convert
 
+    check_bounds(spec, where)  # every field's declared bounds (a flag or sweep-file value was held to them when parsed)
     table = spec_settings(SweepSpec)
     for key in ("objectives", "tasks", "seeds"):
         if not getattr(spec, key):
@@ -206,16 +192,17 @@ def validate_spec(spec: SweepSpec, where: str = "") -> None:
     if spec.memory_budget is not None:
         parse_size(spec.memory_budget)
     if spec.estimator is not None:
-        ElboConfig(estimator=spec.estimator)
+        convert(spec.estimator, str, False, f"{where}{table['estimator'].flag}",
+                config_settings(ElboConfig)["estimator"].bounds)
     for cfg in plan_runs(spec):
+        check_bounds(cfg.objective_config, f"{where}{cfg.objective}.")
         if hasattr(cfg.objective_config, "elbo"):
             try:
                 cfg.objective_config.elbo.check_draws(cfg.objective_config.n_t)
             except ValueError as error:
                 raise ValueError(f"{where}{cfg.objective}: {error}") from None
-        cfg.train.validate()
+        cfg.train.validate()  # the rules between fields
         cfg.eval.validate()
-        cfg.policy.validate()
 
 
 # ---- running ----------------------------------------------------------------------------------------------------
@@ -236,23 +223,6 @@ def finished_record(path: Path, warn: Callable[[str], None], move_aside: bool = 
         path.rename(aside)
     warn(f"{path}: {why}; kept as {aside.name}, the run will be redone")
     return None
-
-
-def result_row(record: RunRecord) -> dict[str, Any]:
-    """The results-file row of a run record (summary numbers only; the record keeps per-step and per-item data)."""
-    metric = lookup("task", record.task, TASKS).metric
-    memory = record.peak_memory() if record.steps else {}
-    step_s, reference = record.step_time(), record.reference_s
-    return {"schema": ROW_SCHEMA, "run_id": record.run_id, "sweep": record.sweep, "task": record.task,
-            "objective": record.objective, "n_t": record.n_t, "mu": record.mu, "seed": record.seed,
-            "steps": record.config["train"]["steps"], "fingerprint": record.fingerprint, "outcome": record.outcome,
-            "error": record.error, "metric": metric, "before": record.before.summary()[metric],
-            "after": record.after.summary()[metric] if record.after else None,
-            "peak_total_mb": memory.get("mem/peak_total_mb"), "peak_activations_mb": memory.get(
-                "mem/peak_activations_mb"), "step_s": step_s, "reference_s": reference,
-            "step_time_ratio": step_s / reference if step_s and reference else None,
-            "reward_curve": [s.reward for s in record.steps], "memory_budget": record.memory_budget,
-            "device": record.device.get("name"), "git_commit": record.git_commit}
 
 
 @dataclass
@@ -293,7 +263,7 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
     with results_lock(out):  # the table is healed from every record of the grid, other shards' included
         everything = {cfg.run_id(): done(finished_record(record_path(out, cfg), warn, writer)) for cfg in grid}
         if writer:
-            rewrite_rows(results_path, [result_row(r) for r in everything.values() if r])
+            rewrite_rows(results_path, [r.summary() for r in everything.values() if r])
     stored = {cfg.run_id(): everything[cfg.run_id()] for cfg in runs}
     records = []
     with (progress(runs) if progress else nullcontext(lambda cfg: None)) as on_start, preemption_signals():
@@ -308,7 +278,7 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
                 if writer:  # under `accelerate launch` every process trains; one writes
                     with results_lock(out):
                         write_record(record_path(out, cfg), record)
-                        append_row(results_path, result_row(record))
+                        append_row(results_path, record.summary())
             records.append(record)
             if record.preempted:
                 break
