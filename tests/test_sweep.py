@@ -61,9 +61,9 @@ def rows_by_id(out: Path) -> dict[str, dict]:
     warnings: list[str] = []
     rows = read_results(out / "results.jsonl", warnings.append)
     assert not warnings, warnings
-    ids = [r["run_id"] for r in rows]
+    ids = [r.run_id for r in rows]
     assert len(ids) == len(set(ids)), f"duplicated rows: {ids}"
-    return {r["run_id"]: {k: r[k] for k in DETERMINISTIC} for r in rows}
+    return {r.run_id: {k: getattr(r, k) for k in DETERMINISTIC} for r in rows}
 
 
 @pytest.mark.slow
