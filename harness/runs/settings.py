@@ -94,9 +94,11 @@ def _leaf_type(hint: Any) -> tuple[type, bool, bool] | None:
 
 
 def walk(cls: type, path: tuple[str, ...] = ()) -> list[Setting]:
-    """Every leaf setting of dataclass ``cls`` (nested dataclasses recursed into)."""
+    """Every leaf setting of dataclass ``cls`` (nested dataclasses recursed into), its own fields before those it
+    derives (a sweep's grid before the settings it shares with a run: --objectives first in --help)."""
     hints, docs, found = typing.get_type_hints(cls), field_docs(cls), []
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         if f.metadata.get("internal"):
             continue
         hint = hints[f.name]
