@@ -75,8 +75,9 @@ def records(out: Path) -> dict[str, RunRecord]:
 
 
 def comparable(record: RunRecord) -> dict:
-    """What a resumed run must reproduce: all but wall times (and what is timed around the run)."""
-    steps = [{k: v for k, v in s.metrics.items() if not k.startswith("time/")} for s in record.steps]
+    """What a resumed run must reproduce: all but wall times and rates (and what is timed around the run)."""
+    steps = [{k: v for k, v in s.metrics.items() if not k.startswith("time/") and k != "rollout/tokens_per_s"}
+             for s in record.steps]
     return {"fingerprint": record.fingerprint, "outcome": record.outcome, "steps": steps,
             "evals": [e.to_json() for e in record.evals], "config": record.config.to_dict()}
 

@@ -82,7 +82,7 @@ def example(key: str) -> object:
         return not default
     if setting.kind is str:
         return {"estimator": "t-iid", "rollout_remasking": "random", "eval_rollout_remasking": "random",
-                "dtype": "bfloat16"}.get(
+                "dtype": "bfloat16", "rollout_decode": "threshold", "eval_rollout_decode": "factor"}.get(
             key, "elsewhere")
     return (default or 0) + 2 if setting.kind is int else (default or 0.0) + 0.5
 

@@ -96,12 +96,17 @@ def run_eval(spec: SweepSpec, out: Path) -> None:
         if not process_state(dev).is_main_process:  # every process decoded its share; one writes
             continue
         path = out / "eval" / f"{name}-{spec.eval.split}-{label}.json"
+        stats = result.decode
+        cost = {**dataclasses.asdict(stats), "tokens_per_step": stats.tokens_per_step,
+                "tokens_per_s": stats.tokens_per_s}
         write_json_atomic(path, {"task": name, "task_version": task.version, "split": spec.eval.split,
                                  "model": spec.model, "model_path": str(model_path),
                                  "decoding": dataclasses.asdict(spec.eval.rollout), "metrics": result.summary(),
-                                 "items": result.items, **environment(dev)})
+                                 "decode": cost, "items": result.items, **environment(dev)})
         console.print(metrics_table(f"{name} {spec.eval.split}, {label} model, greedy, {len(items[name])} items",
                                     result.metrics))
+        console.print(f"decoding: {stats.forwards} forward passes, {stats.tokens_per_step:.2f} tokens per step (max "
+                      f"{stats.max_tokens_per_step}), {stats.tokens_per_s:.0f} completion tokens/s")
         console.print(f"per-item records: {path}")
 
 

@@ -8,14 +8,14 @@ sampling noise (when the temperature is above 0) from its own seed: the numbers 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from harness.loop.stats import Estimate, bootstrap_mean
 from harness.model.bounds import check_bounds
 from harness.model.device import process_state
 from harness.model.policy import Policy
 from harness.model.rollout import RolloutConfig, generate
-from harness.model.structs import ROLLOUT_STREAM, generators, stream_seed
+from harness.model.structs import ROLLOUT_STREAM, DecodeStats, generators, stream_seed
 from tasks.base import Item, Task
 
 
@@ -53,18 +53,24 @@ class EvalResult:
     items: list[dict]  # per item: id, completion, and every score
     step: int = 0
     """RL steps the evaluated policy had taken (0: the base policy)."""
+    decode: DecodeStats = field(default_factory=DecodeStats)
+    """What decoding the split cost, over all its batches (and processes): forward passes, tokens per step."""
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {name: {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n} for name, e in self.metrics.items()}
 
     def to_json(self) -> dict:
-        """The evaluation as plain JSON (run records and checkpoints store it so)."""
-        return {"step": self.step, "metrics": self.summary(), "items": list(self.items)}
+        """The evaluation as plain JSON (run records and checkpoints store it so). The decoding's counts are kept,
+        its wall seconds are not: a resumed run's record equals an uninterrupted one's."""
+        counts = {k: v for k, v in asdict(self.decode).items() if k != "seconds"}
+        return {"step": self.step, "metrics": self.summary(), "items": list(self.items), "decode": counts}
 
     @classmethod
     def from_json(cls, data: dict) -> EvalResult:
+        """The evaluation ``to_json`` wrote; records from before issue #23 have no decoding counts (all zero)."""
         metrics = {name: Estimate(**e) for name, e in data["metrics"].items()}
-        return cls(metrics=metrics, items=list(data.get("items", [])), step=data["step"])
+        return cls(metrics=metrics, items=list(data.get("items", [])), step=data["step"],
+                   decode=DecodeStats(**data.get("decode", {})))
 
 
 def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConfig, batch_size: int = 100,
@@ -82,17 +88,20 @@ def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConf
     # Every prompt padded to the split's widest: an item's positions do not depend on the batch it is decoded in.
     all_ids, all_mask = policy.encode_prompts([task.prompt(item) for item in items]) if items else (None, None)
     records: list[tuple[int, dict]] = []
+    decoded = DecodeStats()
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         rollout = generate(policy, all_ids[chunk], all_mask[chunk], cfg,
                            generators([stream_seed(seed, i) for i in chunk], ROLLOUT_STREAM))
+        decoded += rollout.decode
         for position, (index, text) in enumerate(zip(chunk, rollout.texts, strict=True), start=start):
             if position < len(mine):  # not a repeat
                 records.append((index, {"id": items[index].id, "completion": text,
                                         **task.score(items[index], text)}))
     if state.num_processes > 1:
         records = gather_object(records)
+        decoded = sum(gather_object([decoded]), DecodeStats())
     records = [record for _, record in sorted(records, key=lambda pair: pair[0])]
     names = [k for k in records[0] if k not in ("id", "completion")] if records else []
     metrics = {name: bootstrap_mean([r[name] for r in records], seed=seed) for name in names}
-    return EvalResult(metrics=metrics, items=records, step=step)
+    return EvalResult(metrics=metrics, items=records, step=step, decode=decoded)

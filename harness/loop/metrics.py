@@ -10,12 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from harness.model.structs import DecodeStats
+
 REWARD = "reward"
 REWARD_STD = "reward_std"
 FRAC_REWARD_ZERO_STD = "frac_reward_zero_std"
 """Fraction of groups whose rewards are all equal (zero advantage: no signal)."""
 MEAN_LENGTH = "completions/mean_length"
 LR = "lr"
+ROLLOUT_FORWARDS = "rollout/forwards"
+"""Forward passes of the policy in the step's rollout (data-dependent under threshold decoding)."""
+ROLLOUT_TOKENS_PER_STEP = "rollout/tokens_per_step"
+"""Mean tokens a row revealed per denoising step: its upward drift is threshold decoding's failure mode in RL."""
+ROLLOUT_TOKENS_PER_STEP_MAX = "rollout/tokens_per_step_max"
+"""The most tokens one row revealed in one step of the rollout."""
+ROLLOUT_TOKENS_PER_S = "rollout/tokens_per_s"
+"""Completion tokens (up to the first EOS) decoded per wall second."""
+DECODE_S = "time/decode_s"
+"""Wall seconds of the rollout's decoding (the sampler alone, inside the rollout phase)."""
 LOSS = "loss/policy"
 """The objective's loss summed over its terms, averaged over the mu updates."""
 GRAD_NORM = "grad_norm"
@@ -56,11 +68,19 @@ def is_peak(name: str) -> bool:
     return name.startswith((TIME_PREFIX, MEMORY_PREFIX))
 
 
+def decode_metrics(stats: DecodeStats) -> dict[str, float]:
+    """What a rollout's decoding cost (``Rollout.decode``), as a step's metrics."""
+    return {ROLLOUT_FORWARDS: float(stats.forwards), ROLLOUT_TOKENS_PER_STEP: stats.tokens_per_step,
+            ROLLOUT_TOKENS_PER_STEP_MAX: float(stats.max_tokens_per_step), ROLLOUT_TOKENS_PER_S: stats.tokens_per_s,
+            DECODE_S: stats.seconds}
+
+
 def step_metrics(rollout: Mapping[str, float], updates: Mapping[str, list[float]], measured: Mapping[str, float],
                  step_s: float, tracked: bool) -> dict[str, float]:
-    """A step's flat metrics, in one place: the rollout's (reward statistics, length, lr), the updates' (loss terms'
-    statistics, loss, gradient norm: means over the mu updates), the meter's (``MeterReading.to_metrics``: phase
-    times, memory peaks when tracked), the step's wall seconds and whether memory was tracked."""
+    """A step's flat metrics, in one place: the rollout's (reward statistics, length, lr, ``decode_metrics``), the
+    updates' (loss terms' statistics, loss, gradient norm: means over the mu updates), the meter's
+    (``MeterReading.to_metrics``: phase times, memory peaks when tracked), the step's wall seconds and whether memory
+    was tracked."""
     metrics = dict(rollout)
     metrics |= {key: sum(values) / len(values) for key, values in updates.items()}
     metrics |= measured

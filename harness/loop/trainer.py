@@ -159,7 +159,7 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
     rolled = {metrics.REWARD: float(rewards.mean()), metrics.REWARD_STD: float(rewards.std()),
               metrics.FRAC_REWARD_ZERO_STD: frac_zero_std(rewards, cfg.group_size),
               metrics.MEAN_LENGTH: float(rollout.completion_mask.sum(-1).float().mean()),
-              metrics.LR: scheduler.get_last_lr()[0]}
+              metrics.LR: scheduler.get_last_lr()[0], **metrics.decode_metrics(rollout.decode)}
     return metrics.step_metrics(rolled, stats, meter.read().to_metrics(), time.perf_counter() - started,
                                 meter.track_memory)
 

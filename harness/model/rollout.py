@@ -1,4 +1,5 @@
-"""LLaDA's rollout sampler: semi-autoregressive blocks, a fixed reveal schedule, low-confidence remasking.
+"""LLaDA's rollout sampler: semi-autoregressive blocks, a fixed reveal schedule or a confidence threshold,
+low-confidence remasking.
 
 Reference: LLaDA ``generate.py`` (github ML-GSAI/LLaDA, ``generate``, ``get_num_transfer_tokens``,
 ``add_gumbel_noise``) and algorithms.md §2. The completion starts as ``gen_length`` mask tokens after the
@@ -6,6 +7,11 @@ left-padded prompt. Blocks of ``block_length`` are denoised left to right, ``ste
 step the bidirectional mask predictor sees the whole sequence; a token x0 is sampled for each masked position of the
 current block and the ``k_s`` most confident of them are revealed and kept fixed, with
 ``k_s = floor(m / S) + 1[s < m mod S]`` for ``m`` masked tokens in the block and ``S`` steps per block.
+
+``decode='threshold'`` and ``decode='factor'`` replace the fixed count by Fast-dLLM's parallel decoding (arXiv
+2505.22618, §3.3, Alg. 1; its code's ``get_transfer_index`` and ``get_transfer_index_dynamic``): a step reveals every
+masked position of the block whose confidence reaches ``threshold`` (or the longest confident prefix of the factor
+rule), always at least the most confident one, and each block is denoised until it has no mask.
 
 Departures from LLaDA's ``generate.py``, each deliberate:
 1. Gumbel-max is computed as ``argmax(logits / T + g)`` with ``g = -log(-log U)`` in float64, never as
@@ -33,10 +39,20 @@ Departures from LLaDA's ``generate.py``, each deliberate:
    (``Rollout.completion_mask``); for LLaDA-8B-Instruct the first EOS or end-of-turn token (``policy.stop_ids``).
 9. Decoding runs under ``torch.inference_mode`` (no autograd bookkeeping at all) and ``micro_batch_size`` rows at a
    time; the returned tensors are ordinary ones, usable in the update's autograd graph.
+10. Threshold and factor decoding (Fast-dLLM's code): a row whose block has no mask left draws no noise and reveals
+   nothing while the other rows finish theirs (Fast-dLLM decodes one prompt at a time), so a row's completion still
+   depends on its own seed only. The factor rule reveals exactly the longest prefix n of the sorted confidences with
+   (n + 1)(1 - c_(n)) <= f: Fast-dLLM also reveals the last candidate when only it fails (an off-by-one in its
+   ``top_i`` fix-up). The rules read the model's confidence, so they refuse ``remasking='random'`` (Fast-dLLM would
+   compare uniform noise with the threshold). An optional cap (``max_tokens_per_step``) keeps the most confident of
+   the chosen positions, as §6.5 of objectives-more.md suggests against the overconfidence d1's author met in RL.
+11. Every rollout records what it cost (``Rollout.decode``, ``DecodeStats``): forward passes, tokens revealed per
+   step (mean and max), decode seconds and completion tokens per second.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,7 +61,10 @@ import torch
 
 from harness.model.bounds import check_bounds
 from harness.model.elbo import micro_batches
-from harness.model.structs import Rollout
+from harness.model.structs import DecodeStats, Rollout
+
+DECODE_RULES = SCHEDULE, THRESHOLD, FACTOR = ("schedule", "threshold", "factor")
+"""How many tokens a step reveals: LLaDA's fixed schedule, or Fast-dLLM's threshold or factor rule."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,19 @@ class RolloutConfig:
     """'low_confidence' (LLaDA default) or 'random'."""
     micro_batch_size: int = field(default=0, metadata={"min": 0})
     """Rows decoded together (0 = all); a memory knob only, rows never interact."""
+    decode: str = field(default=SCHEDULE, metadata={"choices": DECODE_RULES})
+    """Tokens revealed per step: 'schedule' (the fixed count set by steps), 'threshold' or 'factor' (Fast-dLLM's rules
+    on the confidence, at least one token per step). The last two denoise each block until it has no mask, so their
+    forward passes depend on the model: steps is then only validated, never used."""
+    threshold: float = field(default=0.9, metadata={"min": 0})
+    """tau of decode='threshold': reveal every masked token of the block whose confidence is >= tau (Fast-dLLM's
+    default 0.9; 1.0 reveals one token per step)."""
+    factor: float = field(default=1.0, metadata={"min": 0})
+    """f of decode='factor': reveal the longest prefix n of the block's confidences, sorted descending, with
+    (n + 1)(1 - c_(n)) <= f."""
+    max_tokens_per_step: int = field(default=0, metadata={"min": 0})
+    """With 'threshold' or 'factor': reveal at most this many tokens per row and step, the most confident (0 = no
+    cap; 'schedule' ignores it)."""
 
     def validate(self) -> None:
         """The fields' bounds (their metadata) and the rules between fields; ValueError naming the field."""
@@ -73,6 +105,9 @@ class RolloutConfig:
         blocks = self.gen_length // self.block_length
         if self.steps % blocks:
             raise ValueError(f"steps={self.steps} must be a multiple of the number of blocks ({blocks})")
+        if self.decode != SCHEDULE and self.remasking == RANDOM:
+            raise ValueError(f"decode={self.decode!r} reads the model's confidence: it needs remasking="
+                             f"'{LOW_CONFIDENCE}', not '{RANDOM}'")
 
 LOW_CONFIDENCE = "low_confidence"
 """Remasking rule: reveal the positions whose sampled token the model is most sure of (LLaDA's default)."""
@@ -115,23 +150,27 @@ def generate(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torc
             policy on another device).
     """
     cfg.validate()
+    started = time.perf_counter()
     n = prompt_ids.shape[0]
     per_row = not isinstance(generator, torch.Generator)
     with torch.inference_mode():
         parts = [_generate_rows(policy, prompt_ids[rows], prompt_mask[rows], cfg,
                                 generator[rows] if per_row else generator)
                  for rows in micro_batches(n, cfg.micro_batch_size if per_row else 0)]
-    completion_ids = torch.cat(parts).clone()  # [N, L], an ordinary tensor (outside inference mode)
+    completion_ids = torch.cat([ids for ids, _ in parts]).clone()  # [N, L], an ordinary tensor (outside inference)
     completion_mask = first_eos_mask(completion_ids, policy.stop_ids)  # [N, L]
+    answer_tokens = int(completion_mask.sum())  # waits for the device: the time below is the decoding's
+    stats = sum((part for _, part in parts), DecodeStats(completion_tokens=answer_tokens,
+                                                         seconds=time.perf_counter() - started))
     texts = policy.decode_completions(completion_ids, completion_mask)
     return Rollout(prompt_ids=prompt_ids.to(completion_ids.device), prompt_mask=prompt_mask.to(
         device=completion_ids.device, dtype=torch.bool), completion_ids=completion_ids,
-        completion_mask=completion_mask, texts=texts, block_length=cfg.block_length)
+        completion_mask=completion_mask, texts=texts, block_length=cfg.block_length, decode=stats)
 
 
 def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
-                   generator: Generators) -> torch.Tensor:
-    """The completion ids [n, L] of a slice of rows."""
+                   generator: Generators) -> tuple[torch.Tensor, DecodeStats]:
+    """The completion ids [n, L] of a slice of rows and what decoding them cost."""
     device = policy.device
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
@@ -142,33 +181,85 @@ def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask
     x = torch.cat([prompt_ids, masks], dim=1)  # [N, T]
     attention_mask = torch.cat([prompt_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1)  # [N, T]
 
+    revealed: list[torch.Tensor] = []  # per forward pass, the tokens each row revealed: [n] each
     for block in range(num_blocks):
         start = p + block * cfg.block_length
         block_slice = slice(start, start + cfg.block_length)
+        if cfg.decode != SCHEDULE:  # until the block has no mask in any row: one host sync per step
+            while any(rows := (x[:, block_slice] == policy.mask_id).any(dim=1).tolist()):
+                revealed.append(_denoise_step(policy, x, attention_mask, block_slice, None, cfg, generator, rows))
+            continue
         masked_per_row = (x[:, block_slice] == policy.mask_id).sum(dim=1)  # [N]
         schedule = reveal_schedule(masked_per_row, steps_per_block)  # [N, S]
         active = schedule.any(dim=0).tolist()  # one host sync per block, not per step
         for step in range(steps_per_block):
             if active[step]:
-                _denoise_step(policy, x, attention_mask, block_slice, schedule[:, step], cfg, generator)
+                revealed.append(_denoise_step(policy, x, attention_mask, block_slice, schedule[:, step], cfg,
+                                              generator))
 
-    return x[:, p:]  # [n, L]
+    counts = torch.stack(revealed) if revealed else torch.zeros(0, n, dtype=torch.long)  # [F, n]
+    return x[:, p:], DecodeStats(forwards=len(revealed), row_steps=int((counts > 0).sum()),
+                                 revealed=int(counts.sum()), max_tokens_per_step=int(counts.max()) if revealed else 0)
 
 
 def _denoise_step(policy: SamplingPolicy, x: torch.Tensor, attention_mask: torch.Tensor, block_slice: slice,
-                  reveal_counts: torch.Tensor, cfg: RolloutConfig, generator: Generators) -> None:
-    """One reverse step in place on x [N, T]: reveal ``reveal_counts`` [N] masked tokens of the block per row."""
+                  reveal_counts: torch.Tensor | None, cfg: RolloutConfig, generator: Generators,
+                  rows: Sequence[bool] | None = None) -> torch.Tensor:
+    """One reverse step in place on x [N, T]: reveal ``reveal_counts`` [N] masked tokens of the block per row (None:
+    the tokens ``cfg.decode``'s rule picks, drawing noise only for the ``rows`` still masked). Returns the tokens
+    revealed per row, [N]."""
     logits = policy.logits(x, attention_mask, block_slice)  # [N, Lb, V]
     mask_column = torch.tensor([policy.mask_id], device=logits.device)
     logits = logits.to(SAMPLING_DTYPE).index_fill(-1, mask_column, float("-inf"))  # [N, Lb, V], a fresh copy
-    x0, confidence = sample_tokens(logits, cfg.temperature, generator)  # [N, Lb], [N, Lb]
+    x0, confidence = sample_tokens(logits, cfg.temperature, generator, rows)  # [N, Lb], [N, Lb]
     if cfg.remasking == RANDOM:
         confidence = _uniform(confidence.shape, generator, confidence.device)  # [N, Lb]
     block = x[:, block_slice]  # [N, Lb], a view into x
     still_masked = block == policy.mask_id  # [N, Lb]
-    confidence = confidence.masked_fill(~still_masked, float("-inf"))  # revealed tokens stay fixed
-    reveal = _top_k_mask(confidence, reveal_counts) & still_masked  # [N, Lb]
+    if reveal_counts is None:
+        reveal = parallel_reveal(confidence, still_masked, cfg)  # [N, Lb]
+    else:
+        confidence = confidence.masked_fill(~still_masked, float("-inf"))  # revealed tokens stay fixed
+        reveal = _top_k_mask(confidence, reveal_counts) & still_masked  # [N, Lb]
     x[:, block_slice] = torch.where(reveal, x0, block)
+    return reveal.sum(dim=1)  # [N]
+
+
+def parallel_reveal(confidence: torch.Tensor, masked: torch.Tensor, cfg: RolloutConfig) -> torch.Tensor:
+    """The positions [N, Lb] bool one step of ``cfg.decode`` ('threshold' or 'factor') reveals, capped at
+    ``cfg.max_tokens_per_step`` per row, from the confidences [N, Lb] and the still-masked positions [N, Lb]."""
+    rule = threshold_rule(confidence, masked, cfg.threshold) if cfg.decode == THRESHOLD else \
+        factor_rule(confidence, masked, cfg.factor)
+    return cap_reveal(confidence, rule, cfg.max_tokens_per_step)
+
+
+def threshold_rule(confidence: torch.Tensor, masked: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Fast-dLLM's set R = {masked i : c_i >= tau} plus the most confident masked position (§3.3, Alg. 1: progress is
+    guaranteed); [N, Lb] confidences and masks -> [N, Lb] bool, empty in a row without masks."""
+    scores = confidence.masked_fill(~masked, float("-inf"))  # [N, Lb]
+    most_confident = _top_k_mask(scores, masked.any(dim=1).long())  # [N, Lb], one per row with masks
+    return masked & ((scores >= threshold) | most_confident)
+
+
+def factor_rule(confidence: torch.Tensor, masked: torch.Tensor, factor: float) -> torch.Tensor:
+    """Fast-dLLM's factor rule: with the masked confidences sorted, c_(1) >= c_(2) >= ..., reveal the n most confident
+    for the longest prefix with (n + 1)(1 - c_(n)) <= f (its Thm 1's condition with slack f), at least n = 1;
+    [N, Lb] confidences and masks -> [N, Lb] bool, empty in a row without masks. No off-by-one (departure 10)."""
+    scores = confidence.masked_fill(~masked, float("-inf"))  # [N, Lb]
+    ordered = scores.sort(dim=1, descending=True).values  # [N, Lb], unmasked last (-inf never fits)
+    n = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=scores.dtype)  # [Lb]
+    fits = (n + 1) * (1 - ordered) <= factor  # [N, Lb]
+    prefix = fits.long().cumprod(dim=1).sum(dim=1)  # [N], the longest prefix that fits
+    count = torch.where(masked.any(dim=1), prefix.clamp_min(1), 0)  # [N]
+    return masked & _top_k_mask(scores, count)
+
+
+def cap_reveal(confidence: torch.Tensor, chosen: torch.Tensor, cap: int) -> torch.Tensor:
+    """``chosen`` [N, Lb] bool reduced to its ``cap`` most confident positions per row (cap 0: unchanged)."""
+    if cap == 0:
+        return chosen
+    scores = confidence.masked_fill(~chosen, float("-inf"))  # [N, Lb]
+    return chosen & _top_k_mask(scores, torch.full(chosen.shape[:1], cap, device=chosen.device))
 
 
 def reveal_schedule(masked_per_row: torch.Tensor, steps: int) -> torch.Tensor:
@@ -182,13 +273,14 @@ def reveal_schedule(masked_per_row: torch.Tensor, steps: int) -> torch.Tensor:
     return m // steps + (step_index < m % steps).long()  # [N, S]
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float,
-                  generator: Generators) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: Generators,
+                  rows: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample x0 ~ softmax(logits / T) by Gumbel-max (argmax at T = 0) and return it with its confidence.
 
     Args:
         logits: [N, L, V] float; cast to float64 for the noise and the confidence.
         temperature: T >= 0; T = 0 draws nothing from the generator.
+        rows: with one generator per row, the rows that draw noise (None: all); the others' x0 is meaningless.
 
     Returns:
         x0: [N, L] long, the sampled token ids.
@@ -199,7 +291,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float,
         x0 = logits.argmax(dim=-1)  # [N, L]
     else:
         # U = 0 would give g = -inf (never chosen) but clamping keeps the arithmetic free of infinities.
-        uniform = _uniform(logits.shape, generator, logits.device).clamp_min_(torch.finfo(SAMPLING_DTYPE).tiny)
+        uniform = _uniform(logits.shape, generator, logits.device, rows).clamp_min_(torch.finfo(SAMPLING_DTYPE).tiny)
         gumbel = -torch.log(-torch.log(uniform))  # [N, L, V]
         x0 = (logits / temperature + gumbel).argmax(dim=-1)  # [N, L]
     picked = logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # [N, L]
@@ -216,13 +308,16 @@ def first_eos_mask(ids: torch.Tensor, eos_id: int | Sequence[int]) -> torch.Tens
     return eos_before == 0
 
 
-def _uniform(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+def _uniform(shape: torch.Size, generator: Generators, device: torch.device,
+             rows: Sequence[bool] | None = None) -> torch.Tensor:
     """U[0, 1) in float64, drawn on the generator's device (a CPU generator cannot fill a GPU tensor), then moved;
-    with one generator per row, row i's numbers come from generator i."""
+    with one generator per row, row i's numbers come from generator i, and rows outside ``rows`` draw none (zeros)."""
     if isinstance(generator, torch.Generator):
         return torch.rand(shape, generator=generator, device=generator.device, dtype=SAMPLING_DTYPE).to(device)
-    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=SAMPLING_DTYPE)
-                        for g in generator]).to(device)
+    draws = rows if rows is not None else [True] * len(generator)
+    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=SAMPLING_DTYPE) if draw else
+                        torch.zeros(shape[1:], device=g.device, dtype=SAMPLING_DTYPE)
+                        for g, draw in zip(generator, draws, strict=True)]).to(device)
 
 
 def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

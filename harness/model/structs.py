@@ -10,7 +10,7 @@ Named dimensions used in shape comments throughout the project:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,41 @@ def generators(seeds: list[int] | tuple[int, ...], stream: int, *extra: int) -> 
 
 
 @dataclass(frozen=True)
+class DecodeStats:
+    """What decoding a batch cost: the numbers Fast-dLLM reports (arXiv 2505.22618, §4: forward passes, tokens/s) and
+    the tokens revealed per step, whose upward drift is how threshold decoding fails in online RL (d1 issue 25).
+    Stats of several micro-batches or batches add up (``+``)."""
+
+    forwards: int = 0
+    """Forward passes of the policy (summed over micro-batches)."""
+    row_steps: int = 0
+    """(step, row) pairs in which the row revealed at least one token."""
+    revealed: int = 0
+    """Tokens revealed (rows times gen_length)."""
+    max_tokens_per_step: int = 0
+    """The most tokens one row revealed in one step."""
+    completion_tokens: int = 0
+    """Answer tokens (up to and including the first EOS): Fast-dLLM's throughput counts output tokens up to EOS."""
+    seconds: float = 0.0
+    """Wall seconds of the decoding."""
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Mean tokens a row revealed per step, over the steps and rows that revealed any."""
+        return self.revealed / max(self.row_steps, 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Completion tokens per wall second."""
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def __add__(self, other: DecodeStats) -> DecodeStats:
+        return DecodeStats(self.forwards + other.forwards, self.row_steps + other.row_steps,
+                           self.revealed + other.revealed, max(self.max_tokens_per_step, other.max_tokens_per_step),
+                           self.completion_tokens + other.completion_tokens, self.seconds + other.seconds)
+
+
+@dataclass(frozen=True)
 class Rollout:
     """Completions sampled from the policy for a batch of prompts.
 
@@ -49,6 +84,7 @@ class Rollout:
     completion_mask: torch.Tensor  # [N, L] bool, True up to and including the first EOS
     texts: list[str]  # N decoded completions (up to the first EOS, special tokens dropped)
     block_length: int | None = None  # the sampler's semi-autoregressive block (None: not sampled by it)
+    decode: DecodeStats = field(default_factory=DecodeStats)  # what sampling it cost (empty: not sampled)
 
     @property
     def input_ids(self) -> torch.Tensor:

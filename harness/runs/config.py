@@ -18,6 +18,7 @@ from harness.loop.checkpoint import CheckpointConfig
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.policy import PolicyConfig
+from harness.model.rollout import SCHEDULE
 
 RANDOMNESS = "per-row-v1"
 """Every sequence draws its rollout noise, ELBO draws and prompt masks from the seed of its global row (issue #13).
@@ -150,7 +151,7 @@ class RunConfig(RunSettings):
     def base_evaluation_key(self, model_path: str) -> str:
         """The identity of the base policy's evaluation this run starts from: the model, task, evaluation protocol,
         policy settings and device (runs that share them share one evaluation)."""
-        data = self.to_dict()
+        data = identity(self.to_dict())
         return settings_fingerprint({"model": model_path, "task": self.task, "eval": data["eval"],
                                      "policy": data["policy"], "device": self.device})
 
@@ -183,12 +184,16 @@ def current_world_size() -> int:
 NOT_PROTOCOL = ("data_dir", "threads", "checkpoint")
 """Config fields that do not change a run's numbers: where the data lives, the torch thread count, and how often
 the state is saved and what is exported (a resumed run equals an uninterrupted one)."""
+DECODE_KEYS = ("decode", "threshold", "factor", "max_tokens_per_step")
+"""A rollout config's decoding rule and its settings (issue #23): hashed unless the rule is the fixed schedule, whose
+runs keep the fingerprints they had before the settings existed (the schedule reads none of them)."""
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """A config's dict form (``RunConfig.to_dict``, or a record's ``config``) without the fields in NOT_PROTOCOL,
     and without the ELBO's ``block_length`` unless its estimator is 'block' (the only one that reads it; the field
-    came with issue #15, so runs of the other estimators keep their earlier fingerprints). ``train.micro_batch_size``
+    came with issue #15, so runs of the other estimators keep their earlier fingerprints), and without a rollout's
+    DECODE_KEYS when it decodes by the fixed schedule (training's and evaluation's alike). ``train.micro_batch_size``
     is hashed where it stood until issue #22, in ``objective_config``, so a record of either layout and a fresh run of
     the same settings share one fingerprint."""
     kept = {k: v for k, v in config.items() if k not in NOT_PROTOCOL}
@@ -202,6 +207,10 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(elbo, dict) and elbo.get("estimator") != "block" and "block_length" in elbo:
         elbo = {k: v for k, v in elbo.items() if k != "block_length"}
         kept["objective_config"] = {**kept["objective_config"], "elbo": elbo}
+    for part in ("train", "eval"):
+        rollout = (kept.get(part) or {}).get("rollout")
+        if isinstance(rollout, dict) and rollout.get("decode", SCHEDULE) == SCHEDULE:
+            kept[part] = {**kept[part], "rollout": {k: v for k, v in rollout.items() if k not in DECODE_KEYS}}
     return kept
 
 
