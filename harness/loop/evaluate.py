@@ -8,7 +8,7 @@ sampling noise (when the temperature is above 0) from its own seed: the numbers 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from harness.loop.stats import Estimate, bootstrap_mean
 from harness.model.bounds import check_bounds
@@ -100,7 +100,8 @@ def evaluate(policy: Policy, task: Task, items: Sequence[Item], cfg: RolloutConf
                                         **task.score(items[index], text)}))
     if state.num_processes > 1:
         records = gather_object(records)
-        decoded = sum(gather_object([decoded]), DecodeStats())
+        shares = gather_object([decoded])  # the processes decode at once: the wall time is the slowest's
+        decoded = replace(sum(shares, DecodeStats()), seconds=max(share.seconds for share in shares))
     records = [record for _, record in sorted(records, key=lambda pair: pair[0])]
     names = [k for k in records[0] if k not in ("id", "completion")] if records else []
     metrics = {name: bootstrap_mean([r[name] for r in records], seed=seed) for name in names}

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from harness.loop.stats import Estimate
+from harness.model.bounds import KIND_NAMES
 from harness.runs.config import Arm, RunKey
 
 ROW_SCHEMA = 1
@@ -117,9 +118,6 @@ class RunSummary:
                      **{name: entry.get(name) for name in ("peak_total_mb", "step_time_ratio", "fingerprint")}}
             return cls(**entry)
         return cls.from_json(entry)
-
-
-KIND_NAMES = {int: "an integer", float: "a number", str: "text"}
 
 
 def typed(name: str, value: Any, hint: Any) -> Any:
