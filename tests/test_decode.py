@@ -14,14 +14,8 @@ from harness.loop import metrics
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate
 from harness.loop.trainer import TrainConfig, train
-from harness.model.rollout import (
-    RolloutConfig,
-    cap_reveal,
-    factor_rule,
-    generate,
-    parallel_reveal,
-    threshold_rule,
-)
+from harness.model.reveal import cap_reveal, factor_rule, threshold_rule
+from harness.model.rollout import RolloutConfig, generate, parallel_reveal
 from harness.model.structs import ROLLOUT_STREAM, DecodeStats, generators, row_seeds
 from harness.runs.settings import apply_settings, spec_settings
 from harness.runs.sweep import RECIPES, SweepSpec, objective_config, plan_runs

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.model.rollout import RolloutConfig, first_eos_mask, generate, reveal_schedule, sample_tokens
+from harness.model.reveal import reveal_schedule
+from harness.model.rollout import RolloutConfig, first_eos_mask, generate, sample_tokens
 
 V = 8
 PAD_ID, EOS_ID, MASK_ID = 5, 6, 7

@@ -81,9 +81,8 @@ def example(key: str) -> object:
     if setting.kind is bool:
         return not default
     if setting.kind is str:
-        return {"estimator": "t-iid", "rollout_remasking": "random", "eval_rollout_remasking": "random",
-                "dtype": "bfloat16", "rollout_decode": "threshold", "eval_rollout_decode": "factor"}.get(
-            key, "elsewhere")
+        choices = [c for c in dict(setting.bounds).get("choices", ()) if c != default]
+        return {"estimator": "t-iid", "eval_rollout_decode": "factor"}.get(key, choices[-1] if choices else "elsewhere")
     return (default or 0) + 2 if setting.kind is int else (default or 0.0) + 0.5
 
 

@@ -47,7 +47,9 @@ Departures from LLaDA's ``generate.py``, each deliberate:
    compare uniform noise with the threshold). An optional cap (``max_tokens_per_step``) keeps the most confident of
    the chosen positions, as §6.5 of objectives-more.md suggests against the overconfidence d1's author met in RL.
 11. Every rollout records what it cost (``Rollout.decode``, ``DecodeStats``): forward passes, tokens revealed per
-   step (mean and max), decode seconds and completion tokens per second.
+   step (mean and max), decode seconds and completion tokens per second, and the positions the model computed.
+12. ``cache='prefix'`` or ``'dual'``: Fast-dLLM's block-wise approximate KV cache (``kv_cache.py``): the block's first
+   step is a full forward that refreshes the cache, its other steps run on a window of positions against it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ import torch
 
 from harness.model.bounds import check_bounds
 from harness.model.elbo import micro_batches
+from harness.model.kv_cache import BLOCK_REFRESH, CACHES, NO_CACHE, REFRESHES, BlockCache
+from harness.model.predictor import MaskPredictor
+from harness.model.reveal import cap_reveal, factor_rule, reveal_schedule, threshold_rule, top_k_mask
 from harness.model.structs import DecodeStats, Rollout
 
 DECODE_RULES = SCHEDULE, THRESHOLD, FACTOR = ("schedule", "threshold", "factor")
@@ -96,6 +101,14 @@ class RolloutConfig:
     max_tokens_per_step: int = field(default=0, metadata={"min": 0})
     """With 'threshold' or 'factor': reveal at most this many tokens per row and step, the most confident (0 = no
     cap; 'schedule' ignores it)."""
+    cache: str = field(default=NO_CACHE, metadata={"choices": CACHES})
+    """Fast-dLLM's block-wise KV cache (kv_cache.py): 'prefix' keeps the prompt and finished blocks, 'dual' also the
+    masked suffix; refreshed by the block's first forward. Approximate (cached keys go stale inside a block); needs
+    a native family (Llama or Qwen2 classes, no remote code)."""
+    cache_refresh: str = field(default=BLOCK_REFRESH, metadata={"choices": REFRESHES})
+    """'block': rebuild the cache once per block (Fast-dLLM). 'step': rebuild it from the current tokens before every
+    step and still decode through it, an extra full forward per step that makes the cached path exact: a check that
+    a family's cached attention (positions, padding) equals the uncached sampler, not a speed-up."""
 
     def validate(self) -> None:
         """The fields' bounds (their metadata) and the rules between fields; ValueError naming the field."""
@@ -129,6 +142,9 @@ class SamplingPolicy(Protocol):
 
     @property
     def device(self) -> torch.device: ...
+
+    @property
+    def predictor(self) -> MaskPredictor: ...
 
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: slice) -> torch.Tensor: ...
 
@@ -181,46 +197,54 @@ def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask
     x = torch.cat([prompt_ids, masks], dim=1)  # [N, T]
     attention_mask = torch.cat([prompt_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1)  # [N, T]
 
+    cache = BlockCache(policy.predictor, cfg.cache, attention_mask, cfg.cache_refresh) if cfg.cache != NO_CACHE \
+        else None
+
+    def forward(block: slice) -> torch.Tensor:  # the block's logits [n, Lb, V]: through the cache, if any
+        return cache.logits(x, block) if cache else policy.logits(x, attention_mask, block)
+
     revealed: list[torch.Tensor] = []  # per forward pass, the tokens each row revealed: [n] each
     for block in range(num_blocks):
         start = p + block * cfg.block_length
         block_slice = slice(start, start + cfg.block_length)
         if cfg.decode != SCHEDULE:  # until the block has no mask in any row: one host sync per step
             while any(rows := (x[:, block_slice] == policy.mask_id).any(dim=1).tolist()):
-                revealed.append(_denoise_step(policy, x, attention_mask, block_slice, None, cfg, generator, rows))
+                revealed.append(_denoise_step(forward(block_slice), x, block_slice, None, cfg, generator,
+                                              policy.mask_id, rows))
             continue
         masked_per_row = (x[:, block_slice] == policy.mask_id).sum(dim=1)  # [N]
         schedule = reveal_schedule(masked_per_row, steps_per_block)  # [N, S]
         active = schedule.any(dim=0).tolist()  # one host sync per block, not per step
         for step in range(steps_per_block):
             if active[step]:
-                revealed.append(_denoise_step(policy, x, attention_mask, block_slice, schedule[:, step], cfg,
-                                              generator))
+                revealed.append(_denoise_step(forward(block_slice), x, block_slice, schedule[:, step], cfg,
+                                              generator, policy.mask_id))
 
     counts = torch.stack(revealed) if revealed else torch.zeros(0, n, dtype=torch.long)  # [F, n]
+    positions = cache.positions if cache else len(revealed) * x.numel()
     return x[:, p:], DecodeStats(forwards=len(revealed), row_steps=int((counts > 0).sum()),
-                                 revealed=int(counts.sum()), max_tokens_per_step=int(counts.max()) if revealed else 0)
+                                 revealed=int(counts.sum()), max_tokens_per_step=int(counts.max()) if revealed else 0,
+                                 positions=positions)
 
 
-def _denoise_step(policy: SamplingPolicy, x: torch.Tensor, attention_mask: torch.Tensor, block_slice: slice,
-                  reveal_counts: torch.Tensor | None, cfg: RolloutConfig, generator: Generators,
+def _denoise_step(logits: torch.Tensor, x: torch.Tensor, block_slice: slice, reveal_counts: torch.Tensor | None,
+                  cfg: RolloutConfig, generator: Generators, mask_id: int,
                   rows: Sequence[bool] | None = None) -> torch.Tensor:
-    """One reverse step in place on x [N, T]: reveal ``reveal_counts`` [N] masked tokens of the block per row (None:
-    the tokens ``cfg.decode``'s rule picks, drawing noise only for the ``rows`` still masked). Returns the tokens
-    revealed per row, [N]."""
-    logits = policy.logits(x, attention_mask, block_slice)  # [N, Lb, V]
-    mask_column = torch.tensor([policy.mask_id], device=logits.device)
+    """One reverse step in place on x [N, T] from the block's logits [N, Lb, V]: reveal ``reveal_counts`` [N] masked
+    tokens of the block per row (None: the tokens ``cfg.decode``'s rule picks, drawing noise only for the ``rows``
+    still masked). Returns the tokens revealed per row, [N]."""
+    mask_column = torch.tensor([mask_id], device=logits.device)
     logits = logits.to(SAMPLING_DTYPE).index_fill(-1, mask_column, float("-inf"))  # [N, Lb, V], a fresh copy
     x0, confidence = sample_tokens(logits, cfg.temperature, generator, rows)  # [N, Lb], [N, Lb]
     if cfg.remasking == RANDOM:
         confidence = _uniform(confidence.shape, generator, confidence.device)  # [N, Lb]
     block = x[:, block_slice]  # [N, Lb], a view into x
-    still_masked = block == policy.mask_id  # [N, Lb]
+    still_masked = block == mask_id  # [N, Lb]
     if reveal_counts is None:
         reveal = parallel_reveal(confidence, still_masked, cfg)  # [N, Lb]
     else:
         confidence = confidence.masked_fill(~still_masked, float("-inf"))  # revealed tokens stay fixed
-        reveal = _top_k_mask(confidence, reveal_counts) & still_masked  # [N, Lb]
+        reveal = top_k_mask(confidence, reveal_counts) & still_masked  # [N, Lb]
     x[:, block_slice] = torch.where(reveal, x0, block)
     return reveal.sum(dim=1)  # [N]
 
@@ -231,46 +255,6 @@ def parallel_reveal(confidence: torch.Tensor, masked: torch.Tensor, cfg: Rollout
     rule = threshold_rule(confidence, masked, cfg.threshold) if cfg.decode == THRESHOLD else \
         factor_rule(confidence, masked, cfg.factor)
     return cap_reveal(confidence, rule, cfg.max_tokens_per_step)
-
-
-def threshold_rule(confidence: torch.Tensor, masked: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Fast-dLLM's set R = {masked i : c_i >= tau} plus the most confident masked position (§3.3, Alg. 1: progress is
-    guaranteed); [N, Lb] confidences and masks -> [N, Lb] bool, empty in a row without masks."""
-    scores = confidence.masked_fill(~masked, float("-inf"))  # [N, Lb]
-    most_confident = _top_k_mask(scores, masked.any(dim=1).long())  # [N, Lb], one per row with masks
-    return masked & ((scores >= threshold) | most_confident)
-
-
-def factor_rule(confidence: torch.Tensor, masked: torch.Tensor, factor: float) -> torch.Tensor:
-    """Fast-dLLM's factor rule: with the masked confidences sorted, c_(1) >= c_(2) >= ..., reveal the n most confident
-    for the longest prefix with (n + 1)(1 - c_(n)) <= f (its Thm 1's condition with slack f), at least n = 1;
-    [N, Lb] confidences and masks -> [N, Lb] bool, empty in a row without masks. No off-by-one (departure 10)."""
-    scores = confidence.masked_fill(~masked, float("-inf"))  # [N, Lb]
-    ordered = scores.sort(dim=1, descending=True).values  # [N, Lb], unmasked last (-inf never fits)
-    n = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=scores.dtype)  # [Lb]
-    fits = (n + 1) * (1 - ordered) <= factor  # [N, Lb]
-    prefix = fits.long().cumprod(dim=1).sum(dim=1)  # [N], the longest prefix that fits
-    count = torch.where(masked.any(dim=1), prefix.clamp_min(1), 0)  # [N]
-    return masked & _top_k_mask(scores, count)
-
-
-def cap_reveal(confidence: torch.Tensor, chosen: torch.Tensor, cap: int) -> torch.Tensor:
-    """``chosen`` [N, Lb] bool reduced to its ``cap`` most confident positions per row (cap 0: unchanged)."""
-    if cap == 0:
-        return chosen
-    scores = confidence.masked_fill(~chosen, float("-inf"))  # [N, Lb]
-    return chosen & _top_k_mask(scores, torch.full(chosen.shape[:1], cap, device=chosen.device))
-
-
-def reveal_schedule(masked_per_row: torch.Tensor, steps: int) -> torch.Tensor:
-    """Tokens to reveal at each step: k_s = floor(m / S) + 1[s < m mod S]; [N] -> [N, S] long, rows sum to m.
-
-    LLaDA's linear noise schedule (its Eq. 8) makes the expected number of tokens revealed per step constant; the
-    remainder goes to the earliest steps. Example: m = 8, S = 3 -> [3, 3, 2].
-    """
-    m = masked_per_row.long().unsqueeze(1)  # [N, 1]
-    step_index = torch.arange(steps, device=m.device).unsqueeze(0)  # [1, S]
-    return m // steps + (step_index < m % steps).long()  # [N, S]
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, generator: Generators,
@@ -318,11 +302,3 @@ def _uniform(shape: torch.Size, generator: Generators, device: torch.device,
     return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=SAMPLING_DTYPE) if draw else
                         torch.zeros(shape[1:], device=g.device, dtype=SAMPLING_DTYPE)
                         for g, draw in zip(generator, draws, strict=True)]).to(device)
-
-
-def _top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """[N, L] scores and [N] counts -> [N, L] bool marking each row's k highest scores (ties: leftmost first)."""
-    order = scores.argsort(dim=1, descending=True, stable=True)  # [N, L]
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device)
-                                             .expand_as(order))  # [N, L], rank of each position in its row
-    return ranks < k.to(ranks.device).unsqueeze(1)  # [N, L]

@@ -53,6 +53,8 @@ class DecodeStats:
     """Answer tokens (up to and including the first EOS): Fast-dLLM's throughput counts output tokens up to EOS."""
     seconds: float = 0.0
     """Wall seconds of the decoding."""
+    positions: int = 0
+    """Query positions the model computed, summed over forwards and rows: a KV cache saves these, not forwards."""
 
     @property
     def tokens_per_step(self) -> float:
@@ -67,7 +69,8 @@ class DecodeStats:
     def __add__(self, other: DecodeStats) -> DecodeStats:
         return DecodeStats(self.forwards + other.forwards, self.row_steps + other.row_steps,
                            self.revealed + other.revealed, max(self.max_tokens_per_step, other.max_tokens_per_step),
-                           self.completion_tokens + other.completion_tokens, self.seconds + other.seconds)
+                           self.completion_tokens + other.completion_tokens, self.seconds + other.seconds,
+                           self.positions + other.positions)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from harness.loop.checkpoint import CheckpointConfig
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
+from harness.model.kv_cache import NO_CACHE
 from harness.model.policy import PolicyConfig
 from harness.model.rollout import SCHEDULE
 
@@ -184,16 +185,18 @@ def current_world_size() -> int:
 NOT_PROTOCOL = ("data_dir", "threads", "checkpoint")
 """Config fields that do not change a run's numbers: where the data lives, the torch thread count, and how often
 the state is saved and what is exported (a resumed run equals an uninterrupted one)."""
-DECODE_KEYS = ("decode", "threshold", "factor", "max_tokens_per_step")
-"""A rollout config's decoding rule and its settings (issue #23): hashed unless the rule is the fixed schedule, whose
-runs keep the fingerprints they had before the settings existed (the schedule reads none of them)."""
+ROLLOUT_OPTIONS = (("decode", SCHEDULE, ("decode", "threshold", "factor", "max_tokens_per_step")),
+                   ("cache", NO_CACHE, ("cache", "cache_refresh")))
+"""A rollout config's decoding rule and its KV cache, each with its settings (issue #23): (switch, off value, keys).
+The keys are hashed unless the switch is off (the fixed schedule, no cache), so such runs keep the fingerprints they
+had before the settings existed (nothing reads them then)."""
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """A config's dict form (``RunConfig.to_dict``, or a record's ``config``) without the fields in NOT_PROTOCOL,
     and without the ELBO's ``block_length`` unless its estimator is 'block' (the only one that reads it; the field
     came with issue #15, so runs of the other estimators keep their earlier fingerprints), and without a rollout's
-    DECODE_KEYS when it decodes by the fixed schedule (training's and evaluation's alike). ``train.micro_batch_size``
+    ROLLOUT_OPTIONS that are switched off (training's and evaluation's alike). ``train.micro_batch_size``
     is hashed where it stood until issue #22, in ``objective_config``, so a record of either layout and a fresh run of
     the same settings share one fingerprint."""
     kept = {k: v for k, v in config.items() if k not in NOT_PROTOCOL}
@@ -209,8 +212,9 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
         kept["objective_config"] = {**kept["objective_config"], "elbo": elbo}
     for part in ("train", "eval"):
         rollout = (kept.get(part) or {}).get("rollout")
-        if isinstance(rollout, dict) and rollout.get("decode", SCHEDULE) == SCHEDULE:
-            kept[part] = {**kept[part], "rollout": {k: v for k, v in rollout.items() if k not in DECODE_KEYS}}
+        if isinstance(rollout, dict):
+            unread = {k for switch, off, keys in ROLLOUT_OPTIONS if rollout.get(switch, off) == off for k in keys}
+            kept[part] = {**kept[part], "rollout": {k: v for k, v in rollout.items() if k not in unread}}
     return kept
 
 

@@ -31,6 +31,7 @@ from harness.loop.checkpoint import preemption_requested, preemption_signals
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.elbo import ElboConfig
+from harness.model.kv_cache import NO_CACHE
 from harness.runs.config import RunConfig, RunSettings
 from harness.runs.pipeline import RunContext, Trainer, run, train_run
 from harness.runs.records import RunRecord, read_record, write_record
@@ -191,6 +192,10 @@ def validate_spec(spec: SweepSpec, where: str = "") -> None:
         lookup("task", name, TASKS)
     if spec.memory_budget is not None:
         parse_size(spec.memory_budget)
+    for key, rollout in (("rollout_cache", spec.train.rollout), ("eval_rollout_cache", spec.eval.rollout)):
+        if spec.policy.trust_remote_code and rollout.cache != NO_CACHE:
+            raise ValueError(f"{where}{table[key].flag} {rollout.cache}: the KV cache needs a native family, and "
+                             f"{table['trust_remote_code'].flag} runs the checkpoint's own modelling code")
     if spec.estimator is not None:
         convert(spec.estimator, str, False, f"{where}{table['estimator'].flag}",
                 config_settings(ElboConfig)["estimator"].bounds)
