@@ -99,6 +99,18 @@ def test_remote_code_is_refused_in_one_line_naming_the_class() -> None:
     assert "\n" not in str(error.value)
 
 
+def test_fsdp_sharded_layers_are_refused_in_one_line() -> None:
+    class FullyShardedDataParallel(torch.nn.Module):  # the name accelerate's FSDP wraps each layer in
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+    policy = make_policy(layers=1)
+    policy.predictor.lm.model.layers[0] = FullyShardedDataParallel(policy.predictor.lm.model.layers[0])
+    with pytest.raises(CacheUnsupported, match="under FSDP"):
+        BlockCache(policy.predictor, "dual", torch.ones(1, 4, dtype=torch.bool))
+
+
 def test_the_cache_is_part_of_the_protocol_and_its_choices_are_checked() -> None:
     with pytest.raises(ValueError, match="cache"):
         dataclasses.replace(BASE, cache="full").validate()

@@ -52,9 +52,10 @@ def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
 
     paths = sorted((out / "learn" / "runs").glob("*.json"))
     records = [read_record(p) for p in paths]  # the same typed record as `harness compare` writes
-    assert len(records) == 2 * 2 * 2  # objectives x mus x seeds
-    arms = {(r.objective, r.mu, r.seed) for r in records}
-    assert arms == {(o, m, s) for o in ("bgpo", "diffu-grpo") for m in (1, 2) for s in (0, 1)}
+    assert len(records) == 2 * 2 * 2 + 2  # objectives x mus x seeds, then diffu-grpo [threshold0.9] at mu 1
+    arms = {(r.objective, r.mu, r.seed, r.variant) for r in records}
+    assert arms == {(o, m, s, "") for o in ("bgpo", "diffu-grpo") for m in (1, 2) for s in (0, 1)} | {
+        ("diffu-grpo", 1, s, "threshold0.9") for s in (0, 1)}
     for path, record in zip(paths, records, strict=True):
         assert path.name == f"{record.run_id}.json" and record.ok and record.schema_version == 2
         assert [e.step for e in record.evals] == [0, 1, 2]
@@ -68,21 +69,25 @@ def test_bench_learn_writes_records_summary_curves_and_figure_then_resumes(
     assert len({json.dumps(r.before.summary()) for r in records}) == 1  # step 0: the shared base evaluation
 
     summary = (out / "learn" / "summary.md").read_text()
-    for row in ("| bgpo | 16 | 1 |", "| bgpo | 16 | 2 |", "| diffu-grpo | - | 1 |", "| diffu-grpo | - | 2 |"):
+    for row in ("| bgpo | 16 | 1 |", "| bgpo | 16 | 2 |", "| diffu-grpo | - | 1 |", "| diffu-grpo | - | 2 |",
+                "| diffu-grpo [threshold0.9] | - | 1 |"):
         assert row in summary
     assert CHECKPOINT_RULE in summary
     assert "mu=1, bgpo vs diffu-grpo" in summary and "mu=2, bgpo vs diffu-grpo" in summary
-    assert summary.count("p = ") == 4  # bootstrap and McNemar per mu
-    assert len(json.loads((out / "learn" / "summary.json").read_text())["rows"]) == 4
+    assert "mu=1, diffu-grpo [threshold0.9] vs diffu-grpo" in summary and "tokens revealed per denoising" in summary
+    assert summary.count("p = ") == 6  # bootstrap and McNemar per pair
+    assert len(json.loads((out / "learn" / "summary.json").read_text())["rows"]) == 5
 
     with (out / "learn" / "curves.csv").open() as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
     assert tuple(reader.fieldnames) == CSV_COLUMNS
-    assert sum(r["kind"] == "train_reward" for r in rows) == 8 * STEPS
-    assert sum(r["kind"].startswith("test_") for r in rows) == 8 * 3 * 3  # runs x steps 0..2 x metrics
-    png = (out / "learn" / "curves.png").read_bytes()
-    assert png.startswith(PNG_MAGIC) and len(png) > MIN_PNG_BYTES
+    assert sum(r["kind"] == "train_reward" for r in rows) == 10 * STEPS
+    assert sum(r["kind"].startswith("test_") for r in rows) == 10 * 3 * 3  # runs x steps 0..2 x metrics
+    assert sum(r["kind"] == "tokens_per_step" for r in rows) == 4 * STEPS  # diffu-grpo mu 1, plain and threshold
+    for name in ("curves.png", "tokens-per-step.png"):
+        png = (out / "learn" / name).read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > MIN_PNG_BYTES
 
     mtimes = {p: p.stat().st_mtime_ns for p in paths}
 

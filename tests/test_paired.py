@@ -11,6 +11,7 @@ from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate, paired_bootstrap_seeds
 from harness.report.paired import paired_column, paired_results, parse_reference
 from harness.report.tables import markdown_table
+from harness.runs.config import Arm
 from harness.runs.records import RunRecord
 from harness.runs.summary import RunSummary
 from tasks import TASKS
@@ -47,8 +48,8 @@ def test_a_planted_ten_point_difference_on_500_items_is_significant() -> None:
     for i in range(1, 100, 2):  # 50 more items right: +10 points
         better[i] = 1.0
     cells = paired_column([record("bgpo", reference), record("wd1", better, n_t=None)])
-    assert cells[("sudoku", "bgpo", 4, 2, 2)] == "ref"
-    text = cells[("sudoku", "wd1", None, 2, 2)]
+    assert cells[Arm("sudoku", "bgpo", 4, 2, 2)] == "ref"
+    text = cells[Arm("sudoku", "wd1", None, 2, 2)]
     # The paired differences are 50 ones and 450 zeros: mean 0.1, standard error sqrt(0.1 * 0.9 / 500) = 1.34 points,
     # so the 95% interval is about [+7.4, +12.6]; no resample of 500 items reaches 0: p below 1 / resamples.
     assert text.startswith("+10.0 [+7.") and text.endswith("p<0.0001")
@@ -63,7 +64,7 @@ def test_several_seeds_pair_seed_by_seed_and_resample_seeds_too() -> None:
     records = [record("bgpo", base0, seed=0), record("bgpo", base1, seed=1),
                record("wd1", better0, seed=0, n_t=None), record("wd1", base1, seed=1, n_t=None)]
     results, _ = paired_results(records)
-    wd1 = results[("sudoku", "wd1", None, 2, 2)]
+    wd1 = results[Arm("sudoku", "wd1", None, 2, 2)]
     assert wd1.seeds == 2 and wd1.difference.mean == pytest.approx(0.05)
     assert wd1.difference.low <= 0.05 <= wd1.difference.high and wd1.difference.high >= 0.09
     # The same numbers as the statistics function on the seeds x items tables.
@@ -79,8 +80,8 @@ def test_the_reference_arm_is_chosen_by_objective_and_n_t_per_task() -> None:
     records = [record("bgpo", scores, n_t=4), record("vrpo", scores, n_t=4), record("vrpo", scores, n_t=16),
                record("vrpo", scores, n_t=16, task="countdown"), record("bgpo", scores, n_t=4, task="countdown")]
     cells = paired_column(records, "vrpo:16")
-    assert cells[("sudoku", "vrpo", 16, 2, 2)] == "ref" and cells[("countdown", "vrpo", 16, 2, 2)] == "ref"
-    assert cells[("sudoku", "bgpo", 4, 2, 2)].startswith("+0.0") and cells[("sudoku", "vrpo", 4, 2, 2)] != "ref"
+    assert cells[Arm("sudoku", "vrpo", 16, 2, 2)] == "ref" and cells[Arm("countdown", "vrpo", 16, 2, 2)] == "ref"
+    assert cells[Arm("sudoku", "bgpo", 4, 2, 2)].startswith("+0.0") and cells[Arm("sudoku", "vrpo", 4, 2, 2)] != "ref"
     assert parse_reference("bgpo") == ("bgpo", None)
     with pytest.raises(ValueError, match="--reference 'vrpo:x'"):
         parse_reference("vrpo:x")
@@ -94,8 +95,8 @@ def test_items_are_matched_by_id_and_unmatched_arms_show_a_dash() -> None:
     for item in elsewhere.after.items:
         item["id"] = "other-" + item["id"]
     cells = paired_column([record("bgpo", scores), shuffled, elsewhere])
-    assert cells[("sudoku", "vrpo", 4, 2, 2)] == "+0.0 [+0.0, +0.0] p=1"
-    assert cells[("sudoku", "espo", 4, 2, 2)] == "-"
+    assert cells[Arm("sudoku", "vrpo", 4, 2, 2)] == "+0.0 [+0.0, +0.0] p=1"
+    assert cells[Arm("sudoku", "espo", 4, 2, 2)] == "-"
 
 
 def test_the_comparison_table_prints_the_paired_column() -> None:

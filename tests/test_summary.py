@@ -97,7 +97,7 @@ def test_one_run_key_names_the_config_the_record_its_summary_and_the_baseline_en
     assert str(no_draws.key) == "sudoku/diffu-grpo/nt-/mu2/s0" and RunKey.parse(str(no_draws.key)).n_t is None
     record = hand_record(cfg)
     summary = record.summary()
-    assert summary.key == key and summary.arm == cfg.arm == ("sudoku", "bgpo", 16, 1, 2)
+    assert summary.key == key and summary.arm == cfg.arm == ("sudoku", "bgpo", 16, 1, 2, "")
     assert (summary.before, summary.after) == (record.before.metrics["cell_accuracy"],
                                                record.after.metrics["cell_accuracy"])
     assert (summary.peak_total_mb, summary.peak_activations_mb, summary.step_s) == (150.0, 137.0, 2.0)

@@ -226,13 +226,17 @@ MODEL_SHAPES: dict[str, dict[str, int | float]] = {
                  "intermediate_size": 5632, "vocab_size": 126464, "rope_theta": 500000.0},
     "llada-vocab": {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
                     "intermediate_size": 704, "vocab_size": 126464, "rope_theta": 500000.0},
+    "llada-100m": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
+                   "intermediate_size": 2304, "vocab_size": 16384, "rope_theta": 500000.0},
     "llama-tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
                    "intermediate_size": 128, "vocab_size": 512},
 }
 """Architectures the memory benchmarks build with random weights, as bidirectional Llamas (memory does not depend on
 the weights' values): LLaDA-8B-Instruct's config (same widths, depth, heads and vocabulary); a 1.3B model in its
 layout (the GPU recipe's memory-vs-n_t figure); a small model at LLaDA's vocabulary of 126,464 (where the logits,
-not the layers, dominate: the chunked log-probabilities benchmark on CPU); a tiny one for tests."""
+not the layers, dominate: the chunked log-probabilities benchmark on CPU); LLaDA's layout at about 100M parameters
+(117M: 92M in 12 layers of width 768, the MLP 3x wide as LLaDA's; `bench decode`'s speed table on CPU); a tiny one for
+tests."""
 
 
 def shaped_policy(shape: dict[str, int | float], device: torch.device, dtype: torch.dtype) -> Policy:

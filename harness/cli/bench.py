@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from harness.bench.checkpoint import CheckpointBench, overhead_spec
+from harness.bench.decode import DecodeBench
 from harness.bench.gradstats import GRADSTATS_RECIPE, GradstatsBench
 from harness.bench.memory import BUDGET_RECIPE, MEMORY_RECIPE, UpdateBench
 from harness.bench.sandbox import SandboxBench
@@ -37,6 +38,8 @@ MEMORY_SETTINGS = ("model", "objectives", "nt", "logits_chunk", "rollout_gen_len
 BUDGET_SETTINGS = ("model", "memory_budget", "objectives", "nt", "rollout_gen_length", "micro_batch_size", "dtype",
                    "device")
 CHECKPOINT_SETTINGS = ("steps", "threads", "data_dir")
+DECODE_SETTINGS = ("model", "tasks", "eval_split", "eval_limit", "eval_batch_size", "eval_rollout_gen_length",
+                   "eval_rollout_block_length", "eval_rollout_steps", "threads", "data_dir")
 GRADSTATS_SETTINGS = ("objectives", "nt", "estimator", "prompts_per_step", "group_size", "seeds", "data_dir",
                       "threads")
 
@@ -191,14 +194,47 @@ command(bench_app, "checkpoint")(bench_command(
     run_checkpoint, CheckpointBench(), overhead_spec(), CHECKPOINT_SETTINGS))
 
 
+def run_decode(spec: SweepSpec, options: DecodeBench, out: Path) -> None:
+    import torch
+
+    from harness.bench.decode import check_protocols, decode_bench, decode_markdown
+    from harness.model.policy import Policy
+    from harness.runs.pipeline import resolve_model
+    from harness.runs.records import environment
+
+    if len(spec.tasks) != 1:
+        raise ValueError(f"--tasks {','.join(spec.tasks)}: one task (the table pairs protocols on its items)")
+    check_protocols(options, spec.eval.rollout)
+    torch.set_num_threads(spec.threads)
+    policy = Policy.from_pretrained(resolve_model(spec.model, data_dir=spec.data_dir), config=spec.policy)
+    task = lookup("task", spec.tasks[0], TASKS)(data_dir=spec.data_dir)
+    items = task.load(spec.eval.split)
+    items = items[:spec.eval.limit] if spec.eval.limit else items
+    with console.status(f"{len(options.protocols)} protocols x {len(items)} items, then "
+                        f"{len(options.speed_protocols) if options.speed_shape else 0} on {options.speed_shape}"):
+        result = decode_bench(policy, task, items, spec.eval.rollout, spec.eval.batch_size, options, spec.threads)
+    result = {"model": spec.model, **result, **environment(torch.device("cpu"))}
+    write_outputs(out / "bench", "decode", result, decode_markdown(result))
+
+
+command(bench_app, "decode")(bench_command(
+    ("The same items decoded under each protocol (plain, the evaluation default, Fast-dLLM's threshold and factor "
+     "rules, its prefix and dual KV caches): forwards, positions, seconds, tokens/s, accuracy with its interval and "
+     "the paired difference against the plain sampler; then tokens/s at Fast-dLLM's shape on a random ~100M model. "
+     "Writes OUT/bench/decode.{json,md}."),
+    run_decode, DecodeBench(), keys=DECODE_SETTINGS))
+
+
 def run_learn(spec: SweepSpec, out: Path) -> None:
     """The learn recipe's sweep into OUT/learn (records, results.jsonl, compare.md), then its summary."""
     from harness.cli.sweep import execute
     from harness.report.learn_summary import write_outputs as write_learn
     from harness.runs.baseline import spec_to_mapping
+    from harness.runs.sweep import learn_variants
 
     folder = out / "learn"
-    result = execute(spec, folder, f"learning benchmark: {','.join(spec.tasks)}, {spec.model} model", name="learn")
+    result = execute(spec, folder, f"learning benchmark: {','.join(spec.tasks)}, {spec.model} model", name="learn",
+                     also=learn_variants(spec))
     records = [r for r in result.records if r.ok]
     seeds = ",".join(map(str, spec.seeds))
     title = (f"Learning benchmark: {','.join(spec.tasks)}, {spec.model} model, {spec.train.steps} steps, seeds "

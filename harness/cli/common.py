@@ -104,6 +104,8 @@ def _progress() -> Progress:
 @contextmanager
 def progress_bars(runs: list) -> Iterator:  # noqa: ANN001
     """Yield ``on_start(cfg) -> on_step``: one progress bar per run (a stored run fills at once) and one overall."""
+    from harness.runs.config import objective_label
+
     with _progress() as progress:
         overall = progress.add_task("runs", total=len(runs))
         current: dict = {}
@@ -113,7 +115,8 @@ def progress_bars(runs: list) -> Iterator:  # noqa: ANN001
                 progress.update(current["bar"], completed=current["total"])
                 progress.update(overall, advance=1)
             n_t = getattr(cfg.objective_config, "n_t", None)
-            label = cfg.objective + (f" n_t={n_t}" if n_t else "") + f" mu={cfg.train.mu} seed={cfg.seed}"
+            label = (objective_label(cfg.objective, cfg.variant) + (f" n_t={n_t}" if n_t else "")
+                     + f" mu={cfg.train.mu} seed={cfg.seed}")
             bar = progress.add_task(label, total=cfg.train.steps)
             current.update(bar=bar, total=cfg.train.steps)
             return lambda step, metrics: progress.update(bar, completed=step + 1)

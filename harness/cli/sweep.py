@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -23,15 +24,18 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple[int, int] = (1, 1)) -> SweepResult:
+def execute(spec: SweepSpec, out: Path, title: str, name: str = "", shard: tuple[int, int] = (1, 1),
+            also: Sequence[SweepSpec] = ()) -> SweepResult:
     """Run ``spec`` (or its ``shard``) into ``out`` (skipping finished runs, resuming unfinished ones from their
     checkpoints), print and write the table, and return the sweep's result; exit PREEMPTED_EXIT (75) when SIGTERM /
-    SIGUSR1 stopped it after a checkpoint, 1 if a run errored."""
+    SIGUSR1 stopped it after a checkpoint, 1 if a run errored. ``also``: more specs whose runs join the grid
+    (``run_sweep``)."""
     from harness.loop.checkpoint import PREEMPTED_EXIT
     from harness.runs.sweep import failed, run_sweep, validate_spec
 
-    validate_spec(spec)  # names and values checked before anything runs
-    result = run_sweep(spec, out, warn, progress=progress_bars, name=name, shard=shard)
+    for each in (spec, *also):
+        validate_spec(each)  # names and values checked before anything runs
+    result = run_sweep(spec, out, warn, progress=progress_bars, name=name, shard=shard, also=also)
     if result.nts_by_objective:
         chosen = ", ".join(f"{k} n_t={v[0]}" for k, v in result.nts_by_objective.items())
         console.print(f"memory budget {spec.memory_budget}: {chosen} (measured: {out / 'memory_budget.json'})")

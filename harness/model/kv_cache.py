@@ -54,6 +54,9 @@ class BlockCache:
         if type(base).__name__ not in NATIVE_CLASSES:
             raise CacheUnsupported(f"the KV cache needs a native family ({', '.join(NATIVE_CLASSES)}); "
                                    f"{type(base).__name__} is not one (drop --trust-remote-code or use cache='none')")
+        if any("FSDP" in type(m).__name__ or "FullyShardedDataParallel" in type(m).__name__ for m in base.modules()):
+            raise CacheUnsupported("the KV cache calls the decoder directly, which FSDP's sharded weights do not "
+                                   "allow; decode with cache='none' under FSDP (DDP is fine)")
         self.decoder, self.head = base.get_decoder(), base.get_output_embeddings()
         self.mode, self.refresh = mode, refresh
         self.shift = int(predictor.family.shift_logits)

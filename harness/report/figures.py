@@ -28,6 +28,7 @@ from typing import Any
 
 from harness.loop import metrics
 from harness.loop.metrics import PHASES
+from harness.runs.config import objective_label
 from harness.runs.records import RunRecord
 
 DPI = 120
@@ -40,7 +41,7 @@ def _n_t(value: Any) -> str:
 def _grouped(records: Sequence[RunRecord], with_mu: bool) -> dict[tuple, list[RunRecord]]:
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        key = (r.task, r.objective, _n_t(r.n_t)) + ((r.mu,) if with_mu else ())
+        key = (r.task, objective_label(r.objective, r.variant), _n_t(r.n_t)) + ((r.mu,) if with_mu else ())
         groups.setdefault(key, []).append(r)
     return groups
 

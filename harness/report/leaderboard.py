@@ -1,6 +1,6 @@
 """The leaderboard: the runs of a results file (``harness/runs/results_file.py``) folded into one entry per arm
-(task, objective, n_t, mu, steps), written as Markdown (for reviews), CSV (raw numbers, for scripts) and one static HTML
-page (sortable table and plots) that opens offline from ``file://``.
+(task, objective, n_t, mu, steps, training-rollout variant), written as Markdown (for reviews), CSV (raw numbers,
+for scripts) and one static HTML page (sortable table and plots) that opens offline from ``file://``.
 
 Rules:
     1. Accuracy after is the mean over the seeds whose outcome is ``ok``. Its brackets are the run's 95% CI when one
@@ -27,13 +27,13 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
-from harness.runs.config import Arm
+from harness.runs.config import Arm, objective_label
 from harness.runs.summary import OUTCOMES, RunSummary
 
-CSV_FIELDS = ("task", "objective", "n_t", "mu", "steps", "metric", "seeds", "outcomes", "interval", "after_pct",
-              "after_low_pct", "after_high_pct", "before_pct", "delta_pts", "peak_total_mb", "peak_activations_mb",
-              "step_s", "step_time_ratio", "paired_reference", "paired_pts", "paired_low_pts", "paired_high_pts",
-              "paired_p")
+CSV_FIELDS = ("task", "objective", "variant", "n_t", "mu", "steps", "metric", "seeds", "outcomes", "interval",
+              "after_pct", "after_low_pct", "after_high_pct", "before_pct", "delta_pts", "peak_total_mb",
+              "peak_activations_mb", "step_s", "step_time_ratio", "paired_reference", "paired_pts", "paired_low_pts",
+              "paired_high_pts", "paired_p")
 """Columns of ``leaderboard.csv``; percentages are 0..100 floats, an empty cell is a missing value."""
 RANGE_MARK = "\u2020"
 """Marks an accuracy whose brackets are the range over seeds, not a 95% CI."""
@@ -46,8 +46,9 @@ COLUMNS = (("task", "task", False), ("objective", "objective", False), ("n_t", "
            ("step_time_ratio", "step-time ratio", True))
 """(entry key, header, numeric) of the Markdown and HTML tables."""
 NOTES = (
-    "One entry per (task, objective, n_t, mu, RL steps); seeds = runs; outcomes: how runs ended (ok, nan, diverged, "
-    "oom, error).",
+    "One entry per (task, objective, n_t, mu, RL steps, training decoding); seeds = runs; outcomes: how runs ended "
+    "(ok, nan, diverged, oom, error). An objective in brackets, e.g. [threshold0.9], trained on rollouts decoded "
+    "otherwise than LLaDA's fixed schedule.",
     "acc after %: mean over ok seeds of the accuracy after training. Brackets: the 95% CI of the run when one seed is "
     f"ok; [min, max] over seeds (the range over seeds, marked {RANGE_MARK}) when several are. '-': no ok seed.",
     "delta pts: acc after minus acc before (base policy), same ok seeds, in percentage points.",
@@ -82,7 +83,8 @@ def entry(rows: Sequence[RunSummary]) -> dict[str, Any]:
         low, high = ok[0].after.low, ok[0].after.high
     before = [r.before.mean for r in ok if r.before is not None]
     curves = [r.reward_curve for r in rows]
-    return {"task": first.task, "objective": first.objective, "n_t": first.n_t, "mu": first.mu, "steps": first.steps,
+    return {"task": first.task, "objective": first.objective, "variant": first.variant, "n_t": first.n_t,
+            "mu": first.mu, "steps": first.steps,
             "metric": first.metric or "", "seeds": len(rows), "outcomes": _outcomes(rows),
             "interval": "" if not ok else "ci95" if len(ok) == 1 else "seed_range",
             "after_pct": _pct(mean(after)) if ok else None, "after_low_pct": _pct(low), "after_high_pct": _pct(high),
@@ -102,7 +104,7 @@ def aggregate(rows: Sequence[RunSummary]) -> list[dict[str, Any]]:
         arms.setdefault(row.arm, []).append(row)
     entries = [entry(sorted(group, key=lambda r: r.seed)) for group in arms.values()]
     return sorted(entries, key=lambda e: (e["task"], e["after_pct"] is None, -(e["after_pct"] or 0), e["objective"],
-                                          e["n_t"] is not None, e["n_t"] or 0, e["mu"], e["steps"] or 0))
+                                          e["variant"], e["n_t"] is not None, e["n_t"] or 0, e["mu"], e["steps"] or 0))
 
 
 def cell(e: dict[str, Any], key: str) -> str:
@@ -115,6 +117,8 @@ def cell(e: dict[str, Any], key: str) -> str:
         return f"{value:.1f} [{e['after_low_pct']:.1f}, {e['after_high_pct']:.1f}]{mark}"
     if key == "delta_pts":
         return f"{value:+.1f}"
+    if key == "objective":
+        return objective_label(value, e.get("variant", ""))
     if key in ("step_s", "step_time_ratio"):
         return f"{value:.2f}"
     return f"{value:.1f}" if isinstance(value, float) else str(value)
@@ -150,7 +154,7 @@ def plots(entries: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     several_tasks = len({e["task"] for e in entries}) > 1
 
     def label(e: dict[str, Any]) -> str:
-        return (f"{e['task']} " if several_tasks else "") + f"{e['objective']} mu={e['mu']}"
+        return (f"{e['task']} " if several_tasks else "") + f"{cell(e, 'objective')} mu={e['mu']}"
 
     axes = [Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained").subplots() for _ in range(3)]
     for ax, key, ylabel in ((axes[0], "peak_total_mb", "peak total memory (MB)"),
@@ -236,7 +240,7 @@ def add_paired(entries: Sequence[dict[str, Any]], paired: tuple[dict, set], refe
     """Set each entry's paired difference to the reference arm (``paired.paired_results``'s output) in place."""
     results, references = paired
     for e in entries:
-        arm = Arm(e["task"], e["objective"], e["n_t"], e["mu"], e["steps"] or 0)
+        arm = Arm(e["task"], e["objective"], e["n_t"], e["mu"], e["steps"] or 0, e["variant"])
         result = results.get(arm)
         e["paired_reference"] = reference
         e["paired"] = "ref" if arm in references else result.text() if result else None

@@ -5,6 +5,12 @@ the same ``RunRecord`` every sweep writes, so a summary is regenerated from stor
 Checkpoint rule: the number reported is the FINAL step's, never the best step on the test set (the test curve is a
 diagnostic; choosing a checkpoint on it would overfit the test set).
 
+An arm is (objective, n_t, mu, training-rollout variant): the ``learn-threshold`` recipe's diffu-GRPO on
+threshold-decoded rollouts is the arm 'diffu-grpo [threshold0.9]', beside the plain one. For each arm with a variant
+and its plain counterpart the summary follows the tokens revealed per denoising step of the training rollouts
+(``metrics.ROLLOUT_TOKENS_PER_STEP``; tokens-per-step.png, and first -> last 20% of steps in summary.md): an upward
+drift is the policy growing confident enough to decode more tokens at once.
+
 Statistics (``harness/loop/stats.py``):
     1. Accuracy per (objective, mu): mean over seeds, with a two-level bootstrap over seeds and puzzles
        (``bootstrap_mean_clustered``). The delta vs base is the same bootstrap of after-minus-before per puzzle.
@@ -32,25 +38,31 @@ from harness.loop.evaluate import EvalResult
 from harness.loop.stats import bootstrap_mean, bootstrap_mean_clustered, mcnemar, paired_bootstrap
 from harness.model.tiny import TinyConfig
 from harness.report.paired import paired_column
-from harness.runs.config import build
+from harness.runs.config import build, objective_label
 from harness.runs.records import RunRecord, write_json_atomic
 
 METRICS = ("cell_accuracy", "solved", "valid")
 PAIRED_TESTS = (("bgpo", "vrpo"), ("bgpo", "diffu-grpo"), ("bgpo", "vrpo-exact"), ("vrpo-exact", "vrpo"))
 """(a, b) pairs compared on the same puzzles at the same mu: BGPO against each; BGPO against VRPO-exact at the same
 n_t is the lower bound against the exact objective; VRPO-exact (n_t = 16) against VRPO-OL (n_t = 4) is what flat
-memory buys."""
+memory buys. Beside them, every arm with a training-rollout variant against its objective's plain arm."""
 CHECKPOINT_RULE = ("Checkpoint rule: every accuracy reported is the FINAL step's policy, never the best step on the "
                    "test set; the test curve is shown for diagnosis only.")
 PCT = 100.0
 
 
-def arm_key(record: RunRecord) -> tuple[str, int | None, int]:
-    return record.objective, record.n_t, record.mu
+ArmKey = tuple[str, int | None, int, str]
+"""(objective, n_t, mu, variant): the runs of one arm of the learning benchmark are its seeds."""
+TOKENS_KIND = "tokens_per_step"
+"""The curve kind (curves.csv) of the training rollouts' tokens revealed per denoising step."""
 
 
-def group_arms(records: Sequence[RunRecord]) -> dict[tuple[str, int | None, int], list[RunRecord]]:
-    groups: dict[tuple[str, int | None, int], list[RunRecord]] = {}
+def arm_key(record: RunRecord) -> ArmKey:
+    return record.objective, record.n_t, record.mu, record.variant
+
+
+def group_arms(records: Sequence[RunRecord]) -> dict[ArmKey, list[RunRecord]]:
+    groups: dict[ArmKey, list[RunRecord]] = {}
     for record in records:
         groups.setdefault(arm_key(record), []).append(record)
     return {key: sorted(group, key=lambda r: r.seed) for key, group in groups.items()}
@@ -69,9 +81,9 @@ def score_table(records: Sequence[RunRecord], metric: str, ids: Sequence[str]) -
 
 def summarize_arm(group: Sequence[RunRecord], base: EvalResult) -> dict[str, Any]:
     ids = [item["id"] for item in base.items]
-    name, n_t, mu = arm_key(group[0])
-    row: dict[str, Any] = {"objective": name, "n_t": n_t, "mu": mu, "seeds": [r.seed for r in group],
-                           "steps": group[0].config.train.steps}
+    name, n_t, mu, variant = arm_key(group[0])
+    row: dict[str, Any] = {"objective": name, "variant": variant, "n_t": n_t, "mu": mu,
+                           "seeds": [r.seed for r in group], "steps": group[0].config.train.steps}
     for metric in METRICS:
         table = score_table(group, metric, ids)  # [S, n]
         before = np.asarray([item[metric] for item in base.items], dtype=np.float64)  # [n]
@@ -99,29 +111,63 @@ def paired_test(a: Sequence[RunRecord], b: Sequence[RunRecord], ids: Sequence[st
             "solved_only_b": sum(y and not x for x, y in zip(majority_a, majority_b, strict=True))}
 
 
-def reference_cells(records: Sequence[RunRecord], reference: str | None = None) -> dict[tuple, str]:
-    """(objective, n_t, mu) -> its paired difference to the reference arm at the same mu (harness/report/paired.py:
-    items and seeds resampled; default reference: the first run's objective), 'ref', or '-'."""
-    return {(arm[1], arm[2], arm[3]): text for arm, text in paired_column(records, reference).items()}
+def reference_cells(records: Sequence[RunRecord], reference: str | None = None) -> dict[ArmKey, str]:
+    """(objective, n_t, mu, variant) -> its paired difference to the reference arm at the same mu
+    (harness/report/paired.py: items and seeds resampled; default reference: the first run's objective), 'ref', or
+    '-'."""
+    return {(arm.objective, arm.n_t, arm.mu, arm.variant): text
+            for arm, text in paired_column(records, reference).items()}
+
+
+def paired_tests(groups: dict[ArmKey, list[RunRecord]], ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Per mu, the pairs of ``PAIRED_TESTS`` that both ran, then each variant arm against its objective's plain arm;
+    arms are named by ``objective_label`` ('diffu-grpo [threshold0.9]')."""
+    tests = []
+    for mu in sorted({key[2] for key in groups}):
+        by_name = {objective_label(key[0], key[3]): group for key, group in groups.items() if key[2] == mu}
+        variants = [(objective_label(key[0], key[3]), key[0]) for key in groups if key[2] == mu and key[3]]
+        tests += [{"mu": mu, "a": a, "b": b, **paired_test(by_name[a], by_name[b], ids)}
+                  for a, b in (*PAIRED_TESTS, *variants) if a in by_name and b in by_name]
+    return tests
+
+
+def step_tokens(record: RunRecord) -> list[tuple[int, float]]:
+    """(step, tokens revealed per denoising step of its training rollouts); steps recorded without it are left out."""
+    return [(s.step, s.metrics[metrics.ROLLOUT_TOKENS_PER_STEP]) for s in record.steps
+            if metrics.ROLLOUT_TOKENS_PER_STEP in s.metrics]
+
+
+def tokens_arms(groups: dict[ArmKey, list[RunRecord]]) -> list[ArmKey]:
+    """The arms with a variant and their plain counterparts (same objective, n_t, mu), in ``groups``' order."""
+    chosen = {k for key in groups if key[3] for k in (key, (*key[:3], ""))}
+    return [key for key in groups if key in chosen]
+
+
+def tokens_ends(group: Sequence[RunRecord]) -> tuple[float, float] | None:
+    """Mean over seeds of the tokens per step over each seed's first and last fifth of steps (at least one, as
+    ``RunRecord.reward_ends``); None when no seed recorded it."""
+    ends = []
+    for record in group:
+        if values := [v for _, v in step_tokens(record)]:
+            k = max(1, len(values) // 5)
+            ends.append((mean(values[:k]), mean(values[-k:])))
+    return (mean(e[0] for e in ends), mean(e[1] for e in ends)) if ends else None
 
 
 def summarize(records: Sequence[RunRecord], reference: str | None = None) -> dict[str, Any]:
-    """Rows per (objective, n_t, mu) with the paired column against ``reference``, the base policy's scores, and
-    the paired tests of ``PAIRED_TESTS``."""
+    """Rows per (objective, n_t, mu, variant) with the paired column against ``reference``, the base policy's scores,
+    the paired tests (``paired_tests``) and the tokens per step of the variant arms and their plain counterparts."""
     base = records[0].before  # the base policy's evaluation, shared by every run
     groups = group_arms(records)
     cells = reference_cells(records, reference)
     ids = [item["id"] for item in base.items]
-    tests = []
-    for mu in sorted({key[2] for key in groups}):
-        by_name = {key[0]: group for key, group in groups.items() if key[2] == mu}
-        tests += [{"mu": mu, "a": a, "b": b, **paired_test(by_name[a], by_name[b], ids)}
-                  for a, b in PAIRED_TESTS if a in by_name and b in by_name]
+    tokens = [{"objective": key[0], "variant": key[3], "n_t": key[1], "mu": key[2], "first": ends[0],
+               "last": ends[1]} for key in tokens_arms(groups) if (ends := tokens_ends(groups[key]))]
     before = {m: asdict(bootstrap_mean([item[m] for item in base.items])) for m in METRICS}
     return {"base": before, "n_items": len(ids), "model_path": records[0].model_path,
             "reference": reference or records[0].objective,
             "rows": [{**summarize_arm(g, base), "vs_reference": cells.get(key, "-")} for key, g in groups.items()],
-            "paired": tests, "checkpoint_rule": CHECKPOINT_RULE}
+            "paired": paired_tests(groups, ids), "tokens_per_step": tokens, "checkpoint_rule": CHECKPOINT_RULE}
 
 
 def _pct(estimate: dict[str, float], signed: bool = False) -> str:
@@ -152,9 +198,10 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
              TABLE_HEADER.format(reference=summary["reference"]), "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
     for r in summary["rows"]:
         mem = r["peak_memory_mb"]
-        lines.append(f"| {r['objective']} | {r['n_t'] or '-'} | {r['mu']} | {','.join(map(str, r['seeds']))} "
-                     f"| {_pct(r['cell_accuracy'])} | {_pct(r['delta_cell_accuracy'], signed=True)} "
-                     f"| {r['vs_reference']} | {_pct(r['solved'])} | {_pct(r['valid'])} "
+        lines.append(f"| {objective_label(r['objective'], r['variant'])} | {r['n_t'] or '-'} | {r['mu']} "
+                     f"| {','.join(map(str, r['seeds']))} | {_pct(r['cell_accuracy'])} "
+                     f"| {_pct(r['delta_cell_accuracy'], signed=True)} | {r['vs_reference']} | {_pct(r['solved'])} "
+                     f"| {_pct(r['valid'])} "
                      f"| {r['train_reward_first']:.2f} -> {r['train_reward_last']:.2f} | {r['seconds_per_step']:.2f} "
                      f"| {mem.get(metrics.PEAK_ACTIVATIONS_MB, float('nan')):.1f} "
                      f"| {mem.get(metrics.PEAK_TOTAL_MB, float('nan')):.1f} |")
@@ -172,6 +219,7 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
               f"accuracy p = {t['p_bootstrap']:.4f}; McNemar on seed-majority solved ({t['solved_only_a']} puzzles "
               f"only {t['a']}, {t['solved_only_b']} only {t['b']}) p = {t['p_mcnemar']:.4f}"
               for t in summary["paired"]] or ["- none (needs bgpo and another arm at the same mu)"]
+    lines += ["", tokens_line(summary["tokens_per_step"])] if summary["tokens_per_step"] else []
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     train = first.config.train
     estimator = elbo.estimator if (elbo := getattr(first.config.objective_config, "elbo", None)) else "-"
@@ -185,27 +233,44 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
     return "\n".join(lines) + "\n"
 
 
+def _n_t(n_t: int | None) -> str:
+    return "" if n_t is None else f" n_t={n_t}"
+
+
+def tokens_line(tokens: Sequence[dict[str, Any]]) -> str:
+    """summary.md's sentence on the training rollouts' tokens per step (``summarize``'s "tokens_per_step")."""
+    arms = "; ".join(f"{objective_label(t['objective'], t['variant'])}{_n_t(t['n_t'])} mu={t['mu']} "
+                     f"{t['first']:.2f} -> {t['last']:.2f}" for t in tokens)
+    return ("Training rollouts, tokens revealed per denoising step (mean over seeds, first -> last 20% of steps; "
+            f"tokens-per-step.png): {arms}.")
+
+
 def curve_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
-    """Long-format curves: one row per (run, step, kind); kinds train_reward and test_<metric>."""
+    """Long-format curves: one row per (run, step, kind); kinds train_reward, test_<metric>, and TOKENS_KIND for the
+    runs of a variant arm and of its plain counterpart (``tokens_arms``) at the steps that recorded it."""
+    followed = set(tokens_arms(group_arms(records)))
     rows = []
     for record in records:
-        name, n_t, mu = arm_key(record)
-        head = {"objective": name, "n_t": "" if n_t is None else n_t, "mu": mu, "seed": record.seed}
+        name, n_t, mu, variant = arm_key(record)
+        head = {"objective": name, "variant": variant, "n_t": "" if n_t is None else n_t, "mu": mu,
+                "seed": record.seed}
         rows += [{**head, "step": s.step, "kind": "train_reward", "value": s.reward} for s in record.steps]
         rows += [{**head, "step": e.step, "kind": f"test_{m}", "value": e.metrics[m].mean}
                  for e in record.evals for m in METRICS]
+        if arm_key(record) in followed:
+            rows += [{**head, "step": step, "kind": TOKENS_KIND, "value": v} for step, v in step_tokens(record)]
     return rows
 
 
-CSV_COLUMNS = ("objective", "n_t", "mu", "seed", "step", "kind", "value")
+CSV_COLUMNS = ("objective", "variant", "n_t", "mu", "seed", "step", "kind", "value")
 
 
 def write_outputs(records: Sequence[RunRecord], recipe: dict[str, Any], folder: Path, title: str) -> str:
-    """Write summary.{md,json}, curves.csv and curves.png into ``folder``; return the Markdown. ``recipe``: the
-    sweep's settings (stored in summary.json)."""
+    """Write summary.{md,json}, curves.csv and curves.png (and tokens-per-step.png when an arm has a variant) into
+    ``folder``; return the Markdown. ``recipe``: the sweep's settings (stored in summary.json)."""
     from importlib import metadata
 
-    from harness.report.plots import plot_learning_curves
+    from harness.report.plots import TOKENS_PANELS, plot_learning_curves
 
     summary = summarize(records)
     first = records[0]  # the device and versions that produced the numbers
@@ -221,4 +286,6 @@ def write_outputs(records: Sequence[RunRecord], recipe: dict[str, Any], folder: 
         writer.writeheader()
         writer.writerows(rows)
     plot_learning_curves(rows, folder / "curves.png", title)
+    if any(r["kind"] == TOKENS_KIND for r in rows):
+        plot_learning_curves(rows, folder / "tokens-per-step.png", title, TOKENS_PANELS)
     return text

@@ -1,15 +1,16 @@
 """The paired column: every arm against a reference arm on the same evaluation items, so "within noise" is printed.
 
-An arm is (task, objective, n_t, mu, RL steps); its runs are its seeds. The difference is the arm's after-training
-accuracy minus the reference arm's, per item (the task's headline metric, item by item, matched by item id) and per
-seed where both arms have the seed, with a 95% paired-bootstrap interval and a two-sided p-value
-(``stats.paired_bootstrap_seeds``: items resampled, and seeds too when there are several). Pairing on items removes
-the item-to-item variance that makes two unpaired intervals overlap when the arms differ.
+An arm is (task, objective, n_t, mu, RL steps, training-rollout variant); its runs are its seeds. The difference
+is the arm's after-training accuracy minus the reference arm's, per item (the task's headline metric, item by item,
+matched by item id) and per seed where both arms have the seed, with a 95% paired-bootstrap interval and a two-sided
+p-value (``stats.paired_bootstrap_seeds``: items resampled, and seeds too when there are several). Pairing on items
+removes the item-to-item variance that makes two unpaired intervals overlap when the arms differ.
 
 The reference is ``objective`` or ``objective:n_t`` (default: the first run's objective); for each protocol (task,
 mu, RL steps) it is the first arm, in run order, that matches, so an arm is only ever compared with the reference
-trained the same way. Arms with no finished run, no reference in their protocol, or sharing no seed or item with the
-reference, show "-".
+trained the same way; an arm whose training rollouts decode with the default (no ``variant``) goes first, so a
+threshold-decoded arm of the reference objective is compared with the plain one rather than made the reference. Arms
+with no finished run, no reference in their protocol, or sharing no seed or item with the reference, show "-".
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def reference_arms(records: Sequence[RunRecord], reference: str | None) -> dict[
     arms: dict[tuple[str, int, int], Arm] = {}
     for record in records:
         arm = arm_of(record)
-        if protocol_of(arm) not in arms and arm.objective == name and (n_t is None or arm.n_t == n_t):
+        held = arms.get(protocol_of(arm))
+        if arm.objective == name and (n_t is None or arm.n_t == n_t) and (
+                held is None or (held.variant and not arm.variant)):  # the default decoding's arm first
             arms[protocol_of(arm)] = arm
     return arms
 

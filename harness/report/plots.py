@@ -1,8 +1,8 @@
 """Figures of the learning benchmark: training reward and test accuracy against RL step, one line per arm.
 
 Input is the long-format curve rows of ``harness.learn.curve_rows`` (or the same rows read back from ``curves.csv``,
-where every value is a string). Each (objective, n_t, mu) is one line, the mean over seeds at each step, with a
-shaded band from the minimum to the maximum over seeds.
+where every value is a string). Each (objective, training-rollout variant, n_t, mu) is one line, the mean over seeds
+at each step, with a shaded band from the minimum to the maximum over seeds.
 
 Departures and simplifications:
     1. The band is min-max over seeds, not an interval: with three seeds a percentile interval would mean little.
@@ -16,9 +16,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.runs.config import objective_label
+
 PANELS = (("train_reward", "training reward (rollout batch mean)"),
           ("test_cell_accuracy", "test cell accuracy (greedy)"))
 """(curve kind, y-axis label) per panel, left to right."""
+TOKENS_PANELS = (("tokens_per_step", "tokens revealed per denoising step (training rollouts)"),)
+"""The panel of tokens-per-step.png: how parallel the training rollouts decode, step by step."""
 LINE_STYLES = ("-", "--", ":", "-.")
 """One per mu, in ascending order."""
 FIGURE_SIZE = (12.0, 4.5)
@@ -30,27 +34,35 @@ def arm_label(objective: str, n_t: Any, mu: Any) -> str:
     return objective + (f" n_t={n_t}" if n_t not in (None, "") else "") + f" mu={mu}"
 
 
+def curve_name(row: Mapping[str, Any]) -> str:
+    """The row's objective with its variant ('diffu-grpo [threshold0.9]'); rows written before the column have none."""
+    return objective_label(str(row["objective"]), str(row.get("variant") or ""))
+
+
 def band_series(rows: Iterable[Mapping[str, Any]], kind: str) -> dict[tuple[str, str, int], dict[int, list[float]]]:
-    """(objective, n_t, mu) -> step -> the value of each seed at that step, for one curve kind."""
+    """(objective [variant], n_t, mu) -> step -> the value of each seed at that step, for one curve kind."""
     series: dict[tuple[str, str, int], dict[int, list[float]]] = {}
     for row in rows:
         if row["kind"] != kind:
             continue
-        key = (str(row["objective"]), "" if row["n_t"] in (None, "") else str(row["n_t"]), int(row["mu"]))
+        key = (curve_name(row), "" if row["n_t"] in (None, "") else str(row["n_t"]), int(row["mu"]))
         series.setdefault(key, {}).setdefault(int(row["step"]), []).append(float(row["value"]))
     return series
 
 
-def plot_learning_curves(rows: Iterable[Mapping[str, Any]], path: Path, title: str = "") -> Path:
-    """Two panels (training reward, test cell accuracy) vs step; mean over seeds with a min-max band. Saves a PNG."""
+def plot_learning_curves(rows: Iterable[Mapping[str, Any]], path: Path, title: str = "",
+                         panels: tuple[tuple[str, str], ...] = PANELS) -> Path:
+    """One panel per (curve kind, y label) of ``panels`` (default: training reward, test cell accuracy) vs step; mean
+    over seeds with a min-max band. Saves a PNG."""
     from matplotlib.figure import Figure
 
     rows = list(rows)
-    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
-    axes = figure.subplots(1, len(PANELS))
-    objectives = list(dict.fromkeys(str(r["objective"]) for r in rows))
+    figure = Figure(figsize=(FIGURE_SIZE[0] * len(panels) / len(PANELS), FIGURE_SIZE[1]), dpi=DPI,
+                    layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    objectives = list(dict.fromkeys(curve_name(r) for r in rows))
     mus = sorted({int(r["mu"]) for r in rows})
-    for ax, (kind, label) in zip(axes, PANELS, strict=True):
+    for ax, (kind, label) in zip(axes, panels, strict=True):
         for (objective, n_t, mu), by_step in band_series(rows, kind).items():
             steps = sorted(by_step)
             color = f"C{objectives.index(objective) % 10}"

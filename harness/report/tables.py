@@ -9,6 +9,7 @@ from rich.table import Table
 
 from harness.loop.stats import Estimate
 from harness.report.paired import arm_of, column_header, paired_column
+from harness.runs.config import objective_label
 from harness.runs.records import RunRecord
 
 
@@ -26,7 +27,7 @@ def row(record: RunRecord, paired: str = "-") -> dict[str, str]:
     run = record.summary()
     before, after = run.before, run.after
     first, last = record.reward_ends()
-    return {"task": run.task, "objective": run.objective,
+    return {"task": run.task, "objective": objective_label(run.objective, run.variant),
             "n_t": str(run.n_t) if run.n_t is not None else "-",  # "-": no Monte Carlo draws (diffu-GRPO)
             "seed": str(run.seed), "before": _pct(before), "after": _pct(after) if after else "-",
             "delta": f"{100 * (after.mean - before.mean):+.1f}" if after else run.outcome,

@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 from harness.loop.checkpoint import CheckpointConfig
 from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
-from harness.model.kv_cache import NO_CACHE
+from harness.model.kv_cache import BLOCK_REFRESH, NO_CACHE
 from harness.model.policy import PolicyConfig
-from harness.model.rollout import SCHEDULE
+from harness.model.rollout import SCHEDULE, THRESHOLD, RolloutConfig
 
 RANDOMNESS = "per-row-v1"
 """Every sequence draws its rollout noise, ELBO draws and prompt masks from the seed of its global row (issue #13).
@@ -59,6 +59,32 @@ class Arm(NamedTuple):
     n_t: int | None
     mu: int
     steps: int
+    variant: str = ""
+    """The training rollout's decoding (``rollout_variant``); '' for the default."""
+
+
+def rollout_variant(rollout: RolloutConfig) -> str:
+    """A short, filename-safe label of a training rollout's decoding, '' for the default (the fixed schedule, no
+    cache): 'threshold0.9', 'factor1', 'threshold0.9-cap4', 'threshold0.9+dual', 'schedule+prefix-step' (cache
+    rebuilt every step). Two runs that differ only in it are different arms, not seeds of one arm."""
+    decode = rollout.decode
+    if decode != SCHEDULE:
+        decode += _number(rollout.threshold if decode == THRESHOLD else rollout.factor)
+        decode += f"-cap{rollout.max_tokens_per_step}" if rollout.max_tokens_per_step else ""
+    if rollout.cache == NO_CACHE:
+        return "" if rollout.decode == SCHEDULE else decode
+    return f"{decode}+{rollout.cache}" + ("" if rollout.cache_refresh == BLOCK_REFRESH else f"-{rollout.cache_refresh}")
+
+
+def _number(value: float) -> str:
+    """'0.9', '1' (short form), or the exact repr where the short form would round."""
+    text = f"{value:g}"
+    return text if float(text) == value else repr(float(value))
+
+
+def objective_label(objective: str, variant: str = "") -> str:
+    """How tables name an arm's objective: 'diffu-grpo', or 'diffu-grpo [threshold0.9]' with a variant."""
+    return f"{objective} [{variant}]" if variant else objective
 
 
 @dataclass(frozen=True, order=True)
@@ -71,24 +97,31 @@ class RunKey:
     n_t: int | None
     mu: int
     seed: int
+    variant: str = ""
+    """The training rollout's decoding (``rollout_variant``); '' for the default, which no key or id shows."""
 
     def __str__(self) -> str:
-        """'sudoku/bgpo/nt4/mu2/s0' (n_t '-' for an objective without Monte Carlo draws): the baseline's key."""
-        return f"{self.task}/{self.objective}/nt{'-' if self.n_t is None else self.n_t}/mu{self.mu}/s{self.seed}"
+        """'sudoku/bgpo/nt4/mu2/s0' (n_t '-' for an objective without Monte Carlo draws), '/threshold0.9' appended
+        for a variant: the baseline's key."""
+        n_t = "-" if self.n_t is None else self.n_t
+        variant = f"/{self.variant}" if self.variant else ""
+        return f"{self.task}/{self.objective}/nt{n_t}/mu{self.mu}/s{self.seed}{variant}"
 
     @classmethod
     def parse(cls, text: str) -> RunKey:
         """The key ``str`` wrote; ValueError naming the text otherwise."""
-        match = re.fullmatch(r"([^/]+)/([^/]+)/nt(-|\d+)/mu(\d+)/s(\d+)", text)
+        match = re.fullmatch(r"([^/]+)/([^/]+)/nt(-|\d+)/mu(\d+)/s(\d+)(?:/([A-Za-z0-9.+-]+))?", text)
         if match is None:
-            raise ValueError(f"{text!r} is not a run key (task/objective/ntN/muM/sS)")
-        task, objective, n_t, mu, seed = match.groups()
-        return cls(task, objective, None if n_t == "-" else int(n_t), int(mu), int(seed))
+            raise ValueError(f"{text!r} is not a run key (task/objective/ntN/muM/sS[/VARIANT])")
+        task, objective, n_t, mu, seed, variant = match.groups()
+        return cls(task, objective, None if n_t == "-" else int(n_t), int(mu), int(seed), variant or "")
 
     def run_id(self, fingerprint: str) -> str:
-        """Readable prefix + the first 8 digits of the protocol fingerprint: one id per protocol."""
+        """Readable prefix (the variant, if any, after the seed) + the first 8 digits of the protocol fingerprint:
+        one id per protocol."""
         n_t = "" if self.n_t is None else f"-nt{self.n_t}"
-        return f"{self.task}-{self.objective}{n_t}-mu{self.mu}-s{self.seed}-{fingerprint[:8]}"
+        variant = f"-{self.variant}" if self.variant else ""
+        return f"{self.task}-{self.objective}{n_t}-mu{self.mu}-s{self.seed}{variant}-{fingerprint[:8]}"
 
     @property
     def peers(self) -> tuple[str, int, int]:
@@ -127,13 +160,19 @@ class RunConfig(RunSettings):
                            "objective_config": build(objective_type, objective_config)})
 
     @property
+    def variant(self) -> str:
+        """The training rollout's decoding label (``rollout_variant``), derived, so never hashed on its own; the
+        evaluation's decoding is part of the evaluation protocol, not of the arm."""
+        return rollout_variant(self.train.rollout)
+
+    @property
     def key(self) -> RunKey:
         return RunKey(self.task, self.objective, getattr(self.objective_config, "n_t", None), self.train.mu,
-                      self.seed)
+                      self.seed, self.variant)
 
     @property
     def arm(self) -> Arm:
-        return Arm(self.task, self.objective, self.key.n_t, self.train.mu, self.train.steps)
+        return Arm(self.task, self.objective, self.key.n_t, self.train.mu, self.train.steps, self.variant)
 
     def run_id(self, task_version: str | None = None, world_size: int | None = None) -> str:
         return self.key.run_id(self.fingerprint(task_version, world_size))

@@ -119,6 +119,10 @@ class RunRecord:
         return self.config.train.mu
 
     @property
+    def variant(self) -> str:
+        return self.config.variant
+
+    @property
     def seed(self) -> int:
         return self.config.seed
 
@@ -140,7 +144,7 @@ class RunRecord:
                           step_s=step_s, reference_s=reference,
                           step_time_ratio=step_s / reference if step_s and reference else None,
                           reward_curve=tuple(s.reward for s in self.steps), memory_budget=self.memory_budget,
-                          device=self.device.get("name"), git_commit=self.git_commit)
+                          device=self.device.get("name"), git_commit=self.git_commit, variant=key.variant)
 
     def step_time(self) -> float | None:
         """Median seconds per step over the steps whose memory was not tracked (the tracker slows a CPU step)."""

@@ -68,14 +68,17 @@ class RunSummary:
     device: str | None = None
     """The CPU or GPU name the run was measured on."""
     git_commit: str | None = None
+    variant: str = ""
+    """The training rollout's decoding (``config.rollout_variant``); '' for the default, and in rows written before
+    the field (a default run's row leaves it out, so it reads as it always did)."""
 
     @property
     def key(self) -> RunKey:
-        return RunKey(self.task, self.objective, self.n_t, self.mu, self.seed)
+        return RunKey(self.task, self.objective, self.n_t, self.mu, self.seed, self.variant)
 
     @property
     def arm(self) -> Arm:
-        return Arm(self.task, self.objective, self.n_t, self.mu, self.steps or 0)
+        return Arm(self.task, self.objective, self.n_t, self.mu, self.steps or 0, self.variant)
 
     @property
     def ok(self) -> bool:
@@ -89,6 +92,8 @@ class RunSummary:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["reward_curve"] = list(self.reward_curve)
+        if not self.variant:  # a default run's row stays byte-identical to one written before the field
+            del data["variant"]
         return data
 
     @classmethod
@@ -114,7 +119,8 @@ class RunSummary:
             accuracy = entry.get("accuracy")
             after = None if accuracy is None else Estimate(accuracy, math.nan, math.nan, 0)
             entry = {"run_id": entry.get("run_id", ""), "task": run.task, "objective": run.objective, "n_t": run.n_t,
-                     "mu": run.mu, "seed": run.seed, "outcome": entry["outcome"], "after": after,
+                     "mu": run.mu, "seed": run.seed, "variant": run.variant, "outcome": entry["outcome"],
+                     "after": after,
                      **{name: entry.get(name) for name in ("peak_total_mb", "step_time_ratio", "fingerprint")}}
             return cls(**entry)
         return cls.from_json(entry)

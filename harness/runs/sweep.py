@@ -32,7 +32,8 @@ from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.elbo import ElboConfig
 from harness.model.kv_cache import NO_CACHE
-from harness.runs.config import RunConfig, RunSettings
+from harness.model.rollout import THRESHOLD
+from harness.runs.config import RunConfig, RunSettings, rollout_variant
 from harness.runs.pipeline import RunContext, Trainer, run, train_run
 from harness.runs.records import RunRecord, read_record, write_record
 from harness.runs.registry import lookup
@@ -76,22 +77,42 @@ class SweepSpec(RunSettings):
     """(key, values) of the settings given several values: each value is a run."""
 
 
-RECIPES: dict[str, SweepSpec] = {
-    "compare": SweepSpec(),
-    "learn": SweepSpec(objectives=("bgpo", "vrpo", "diffu-grpo", "spg", "espo", "wd1", "gdpo", "vrpo-exact"), nt=(),
-                       seeds=(0, 1, 2), train=TrainConfig(steps=100, mu=1), eval=EvalConfig(every=25),
-                       objective_settings=(("bgpo", "n_t", 16), ("vrpo", "n_t", 4), ("vrpo-exact", "n_t", 16),
-                                           ("spg", "n_t", 2), ("spg", "eubo_beta", 1.0), ("espo", "n_t", 4),
-                                           ("espo", "beta", 0.01), ("gdpo", "n_t", 3)),
-                       vary=(("mu", (1, 2)),)),  # a varied setting's field holds its first value, as from a flag
-}
+def threshold_arm(spec: SweepSpec) -> SweepSpec:
+    """``spec``'s diffu-GRPO arm at its first mu (no mu varied), trained on rollouts decoded by Fast-dLLM's threshold
+    rule at tau = 0.9; everything else, the evaluation protocol included, as in ``spec``, so its test accuracies pair
+    with the plain diffu-GRPO arm's at that mu."""
+    rollout = dataclasses.replace(spec.train.rollout, decode=THRESHOLD, threshold=0.9)
+    return dataclasses.replace(spec, objectives=("diffu-grpo",), train=dataclasses.replace(spec.train, rollout=rollout),
+                               objective_settings=tuple(s for s in spec.objective_settings if s[0] == "diffu-grpo"),
+                               vary=tuple((key, values) for key, values in spec.vary if key != "mu"))
+
+
+def learn_variants(spec: SweepSpec) -> list[SweepSpec]:
+    """The sweeps the learning benchmark runs beside ``spec`` (the learn recipe with the user's flags): its
+    ``threshold_arm`` when ``spec`` trains diffu-GRPO on the default decoding, else none."""
+    if "diffu-grpo" not in spec.objectives or rollout_variant(spec.train.rollout):
+        return []
+    return [threshold_arm(spec)]
+
+
+LEARN = SweepSpec(objectives=("bgpo", "vrpo", "diffu-grpo", "spg", "espo", "wd1", "gdpo", "vrpo-exact"), nt=(),
+                  seeds=(0, 1, 2), train=TrainConfig(steps=100, mu=1), eval=EvalConfig(every=25),
+                  objective_settings=(("bgpo", "n_t", 16), ("vrpo", "n_t", 4), ("vrpo-exact", "n_t", 16),
+                                      ("spg", "n_t", 2), ("spg", "eubo_beta", 1.0), ("espo", "n_t", 4),
+                                      ("espo", "beta", 0.01), ("gdpo", "n_t", 3)),
+                  vary=(("mu", (1, 2)),))  # a varied setting's field holds its first value, as from a flag
+RECIPES: dict[str, SweepSpec] = {"compare": SweepSpec(), "learn": LEARN, "learn-threshold": threshold_arm(LEARN)}
 """Named recipes. compare: the default comparison (30 steps at mu = 2, the paper's off-policy setting; about 10
 minutes on 2 CPU cores). learn: the learning benchmark (`harness bench learn`): the paper's budget pairing, BGPO at
 n_t = 16 against VRPO-OL at n_t = 4 (what fits one budget for each), plus VRPO-exact at n_t = 16 (VRPO-OL's exact
 objective at BGPO's memory and n_t, so bound-vs-exact and memory-buys-n_t are measured apart) and diffu-GRPO; 100
 steps at mu = 1 and 2, three seeds, the test split evaluated every 25 steps. The objectives of issue #15 run at their
 official n_t and Sudoku settings: SPG n_t = 2 with the mixture and beta_EUBO = 1.0, ESPO n_t = 4 (two complementary
-pairs) with its Sudoku KL weight 0.01, GDPO's 3 Gauss nodes, wd1 (no n_t)."""
+pairs) with its Sudoku KL weight 0.01, GDPO's 3 Gauss nodes, wd1 (no n_t). learn-threshold: the learning
+benchmark's second sweep (``learn_variants``), diffu-GRPO at mu = 1, three seeds, its training rollouts decoded by
+Fast-dLLM's threshold rule (tau = 0.9), all else (the greedy evaluation included) as learn, so it pairs with learn's
+plain diffu-GRPO arm: does parallel decoding in online RL make the policy overconfident, as d1's author reported
+(dllm-reasoning/d1 issue 25)? Its runs are the arm 'diffu-grpo [threshold0.9]' (``RunConfig.variant``)."""
 
 
 def objective_config(name: str, n_t: int | None = None, settings: Sequence[tuple[str, Any]] = (),
@@ -118,6 +139,16 @@ def plan_runs(spec: SweepSpec, nts_by_objective: dict[str, tuple[int, ...]] | No
                 point = apply_settings(spec, dict(combo), "") if combo else spec
                 runs.append(RunConfig(objective=name, objective_config=config, task=task, seed=seed, **point.shared()))
     return runs
+
+
+def plan_grid(specs: Sequence[SweepSpec], nts_by_objective: dict[str, tuple[int, ...]] | None = None
+              ) -> list[RunConfig]:
+    """The runs of several specs' grids, one after the other, a run that two of them plan listed once."""
+    runs: dict[str, RunConfig] = {}
+    for spec in specs:
+        for cfg in plan_runs(spec, nts_by_objective):
+            runs.setdefault(cfg.run_id(), cfg)
+    return list(runs.values())
 
 
 def objective_points(spec: SweepSpec, name: str, nts_by_objective: dict[str, tuple[int, ...]]
@@ -242,9 +273,10 @@ class SweepResult:
 
 def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: Trainer = train_run,
               progress: Callable[[list[RunConfig]], Any] | None = None, name: str = "",
-              shard: tuple[int, int] = (1, 1)) -> SweepResult:
+              shard: tuple[int, int] = (1, 1), also: Sequence[SweepSpec] = ()) -> SweepResult:
     """Run every unfinished run of ``spec`` (of its ``shard`` (K, N): runs K, K + N, ... of the grid) into ``out``;
-    return the shard's records in grid order.
+    return the shard's records in grid order. ``also``: specs whose runs extend the grid (the learning benchmark's
+    ``learn_variants``), so one results file lists them all; ``spec`` alone sets the device, threads and budget.
 
     ``progress(runs)`` may return a context manager yielding ``on_start(cfg) -> on_step`` (the CLI's progress
     bars); ``trainer`` replaces the default one (tests)."""
@@ -261,7 +293,7 @@ def run_sweep(spec: SweepSpec, out: Path, warn: Callable[[str], None], trainer: 
         from harness.runs.budget import fit_nts
 
         nts_by_objective = fit_nts(spec, context.model_path(spec.model), device, out)
-    grid = plan_runs(spec, nts_by_objective)
+    grid = plan_grid([spec, *also], nts_by_objective)
     runs = grid[shard[0] - 1::shard[1]]
     results_path = out / RESULTS_NAME
     writer = process_state(device).is_main_process
