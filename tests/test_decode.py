@@ -161,6 +161,7 @@ def test_stats_add_up_and_an_evaluation_keeps_its_counts_through_json() -> None:
 # ---- the step metrics -----------------------------------------------------------------------------------------------
 def test_the_step_metrics_carry_the_rollouts_decode_statistics() -> None:
     rollout = RolloutConfig(gen_length=4, block_length=4, steps=4, temperature=1.0)
+    widths = set()  # positions per row and forward: the whole sequence T, without a cache
     for decoding, forwards in ((rollout, {4.0}), (dataclasses.replace(rollout, decode="threshold", threshold=0.0),
                                                   {1.0})):
         cfg = TrainConfig(steps=2, prompts_per_step=2, group_size=2, mu=1, track_memory_steps=0, rollout=decoding)
@@ -172,6 +173,8 @@ def test_the_step_metrics_carry_the_rollouts_decode_statistics() -> None:
             assert step[metrics.ROLLOUT_TOKENS_PER_STEP] * step[metrics.ROLLOUT_FORWARDS] == 4
             assert step[metrics.ROLLOUT_TOKENS_PER_STEP_MAX] == step[metrics.ROLLOUT_TOKENS_PER_STEP]
             assert step[metrics.ROLLOUT_TOKENS_PER_S] > 0 and step[metrics.DECODE_S] > 0
+            widths.add(step[metrics.ROLLOUT_POSITIONS] / (step[metrics.ROLLOUT_FORWARDS] * 4))  # 4 rows
+    assert len(widths) == 1 and widths.pop() > 4  # prompt + 4 completion tokens, whatever the rule
 
 
 # ---- settings and the protocol fingerprint ---------------------------------------------------------------------------

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import run_config
 
+from harness.cli.common import console
 from harness.loop.evaluate import EvalResult
 from harness.loop.stats import Estimate
 from harness.model.rollout import RolloutConfig
 from harness.report.leaderboard import aggregate, markdown
 from harness.report.paired import paired_results
-from harness.report.tables import markdown_table
+from harness.report.tables import comparison_table, markdown_table
 from harness.runs.baseline import baseline_from_json, make_baseline
 from harness.runs.config import Arm, RunConfig, RunKey, rollout_variant
 from harness.runs.records import RunRecord, StepMetrics
@@ -120,6 +121,9 @@ def test_runs_differing_only_in_training_decoding_are_two_arms_in_tables_and_the
     assert results[threshold].text().startswith("-25.0 [-25.0, -25.0] p<")
     table = markdown_table(records, "diffu-grpo")
     assert "| sudoku | diffu-grpo [threshold0.9] | - | 0 |" in table and "| sudoku | diffu-grpo | - | 0 |" in table
+    with console.capture() as printed:  # the label is not rich markup: the terminal table keeps it
+        console.print(comparison_table(records, "t", "diffu-grpo"))
+    assert "diffu-grpo [threshold0.9]" in printed.get()
 
 
 def test_a_variant_row_round_trips_and_keeps_its_own_baseline_entry(tmp_path: Path) -> None:

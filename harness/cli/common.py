@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = Console(width=None if sys.stdout.isatty() else 140, markup=False)
+"""Every text is printed as is: an arm's label 'diffu-grpo [threshold0.9]' is not rich markup."""
 USAGE_EXIT = 2
 
 Out = Annotated[Path, typer.Option(help="Folder for records, tables and figures (the committed reference figures "
@@ -97,8 +98,8 @@ def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, P
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
 
 
 @contextmanager

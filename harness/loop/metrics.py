@@ -26,6 +26,8 @@ ROLLOUT_TOKENS_PER_STEP_MAX = "rollout/tokens_per_step_max"
 """The most tokens one row revealed in one step of the rollout."""
 ROLLOUT_TOKENS_PER_S = "rollout/tokens_per_s"
 """Completion tokens (up to the first EOS) decoded per wall second."""
+ROLLOUT_POSITIONS = "rollout/positions"
+"""Query positions the model computed in the step's rollout, over rows and forwards: what a KV cache saves."""
 DECODE_S = "time/decode_s"
 """Wall seconds of the rollout's decoding (the sampler alone, inside the rollout phase)."""
 LOSS = "loss/policy"
@@ -72,7 +74,7 @@ def decode_metrics(stats: DecodeStats) -> dict[str, float]:
     """What a rollout's decoding cost (``Rollout.decode``), as a step's metrics."""
     return {ROLLOUT_FORWARDS: float(stats.forwards), ROLLOUT_TOKENS_PER_STEP: stats.tokens_per_step,
             ROLLOUT_TOKENS_PER_STEP_MAX: float(stats.max_tokens_per_step), ROLLOUT_TOKENS_PER_S: stats.tokens_per_s,
-            DECODE_S: stats.seconds}
+            ROLLOUT_POSITIONS: float(stats.positions), DECODE_S: stats.seconds}
 
 
 def step_metrics(rollout: Mapping[str, float], updates: Mapping[str, list[float]], measured: Mapping[str, float],

@@ -12,6 +12,7 @@ Departures and simplifications:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ def band_series(rows: Iterable[Mapping[str, Any]], kind: str) -> dict[tuple[str,
     return series
 
 
+TITLE_CHARS_PER_PANEL = 70
+"""Characters of a figure title per panel's width before it wraps."""
+
+
 def plot_learning_curves(rows: Iterable[Mapping[str, Any]], path: Path, title: str = "",
                          panels: tuple[tuple[str, str], ...] = PANELS) -> Path:
     """One panel per (curve kind, y label) of ``panels`` (default: training reward, test cell accuracy) vs step; mean
@@ -74,8 +79,9 @@ def plot_learning_curves(rows: Iterable[Mapping[str, Any]], path: Path, title: s
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="small")
-    if title:
-        figure.suptitle(title + " (mean over seeds, band = min-max)", fontsize="medium")
+    if title:  # wrapped to the figure's width (a one-panel figure is half as wide)
+        text = title + " (mean over seeds, band = min-max)"
+        figure.suptitle(textwrap.fill(text, TITLE_CHARS_PER_PANEL * len(panels)), fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path

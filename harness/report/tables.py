@@ -54,7 +54,8 @@ def rows(records: Sequence[RunRecord], reference: str | None) -> list[dict[str, 
 def comparison_table(records: Sequence[RunRecord], title: str, reference: str | None = None) -> Table:
     table = Table(title=title)
     for key, header in zip(HEADERS, headers(records, reference), strict=True):
-        table.add_column(header, justify="left" if key in ("task", "objective") else "right")
+        named = key in ("task", "objective")  # names are never cut: 'diffu-grpo [threshold0.9]' stays whole
+        table.add_column(header, justify="left" if named else "right", no_wrap=named)
     for cells in rows(records, reference):
         table.add_row(*cells.values())
     return table
