@@ -147,7 +147,9 @@ def plan_grid(specs: Sequence[SweepSpec], nts_by_objective: dict[str, tuple[int,
     runs: dict[str, RunConfig] = {}
     for spec in specs:
         for cfg in plan_runs(spec, nts_by_objective):
-            runs.setdefault(cfg.run_id(), cfg)
+            # The task version and process count are one sweep's for all its runs; asking accelerate for the count
+            # here would create its process state before the sweep sets it up (each process would read as rank 0).
+            runs.setdefault(cfg.fingerprint(task_version="", world_size=1), cfg)
     return list(runs.values())
 
 
