@@ -179,17 +179,21 @@ class Policy:
         return self.model(ids, attention_mask, positions)
 
     def token_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-                       start: int, reference: bool = False) -> torch.Tensor:
+                       start: int, reference: bool = False, exclude_mask: bool = False) -> torch.Tensor:
         """log p(targets | ids) at positions ``start:``: ids [N, T], targets [N, T - start] -> [N, T - start];
-        ``reference``: under the frozen KL reference (see ``snapshot_reference``), without gradients."""
+        ``reference``: under the frozen KL reference (see ``snapshot_reference``), without gradients;
+        ``exclude_mask``: over the vocabulary without the mask token, the sampler's support (the trajectory
+        objectives score the sampler's own conditional)."""
+        exclude = self.mask_id if exclude_mask else None
         if not reference:
-            return self.model(ids, attention_mask, slice(start, None), targets)
+            return self.model(ids, attention_mask, slice(start, None), targets, exclude=exclude)
         with torch.no_grad():
             if self.has_adapters:
-                return self.model(ids, attention_mask, slice(start, None), targets, adapters_off=True)
+                return self.model(ids, attention_mask, slice(start, None), targets, adapters_off=True,
+                                  exclude=exclude)
             if self._reference is None:
                 raise RuntimeError("snapshot_reference() must be called before reference log-probabilities")
-            return self._reference(ids, attention_mask, slice(start, None), targets)
+            return self._reference(ids, attention_mask, slice(start, None), targets, exclude=exclude)
 
     def snapshot_reference(self) -> None:
         """Freeze the KL reference: under LoRA the base model is the adapters disabled (nothing to copy, d1's

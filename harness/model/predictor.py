@@ -25,27 +25,32 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def picked_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def picked_logp(logits: torch.Tensor, targets: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
     """log softmax(logits)[targets]: logits [..., V], targets [...] -> [...]; gather - logsumexp, so no second
-    [..., V] tensor is kept for backward."""
+    [..., V] tensor is kept for backward. ``exclude``: a token id left out of the softmax's support (the mask
+    token, which the sampler never samples: its conditional is renormalised without it)."""
+    if exclude is not None:
+        logits = logits.index_fill(-1, torch.tensor([exclude], device=logits.device), float("-inf"))
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def token_logp(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def token_logp(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, exclude: int | None = None
+               ) -> torch.Tensor:
     """log softmax(head(hidden))[targets] in float32 or wider: hidden [M, H], targets [M] -> [M]."""
-    return picked_logp(at_least_float32(head(hidden)), targets)
+    return picked_logp(at_least_float32(head(hidden)), targets, exclude)
 
 
-def chunked_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,
+                     exclude: int | None = None) -> torch.Tensor:
     """``token_logp`` over hidden [n, L, H] and targets [n, L] -> [n, L], ``chunk`` tokens at a time (0: at once).
 
     Under autograd each chunk is checkpointed, so backward recomputes its logits instead of keeping them."""
     n, length, width = hidden.shape
     flat_hidden, flat_targets = hidden.reshape(n * length, width), targets.reshape(n * length)
     if chunk <= 0 or n * length <= chunk:
-        return token_logp(head, flat_hidden, flat_targets).view(n, length)
-    piece = functools.partial(token_logp, head)
+        return token_logp(head, flat_hidden, flat_targets, exclude).view(n, length)
+    piece = functools.partial(token_logp, head, exclude=exclude)
     grad = torch.is_grad_enabled()
     parts = [checkpoint(piece, h, t, use_reentrant=False) if grad else piece(h, t)
              for h, t in zip(flat_hidden.split(chunk), flat_targets.split(chunk), strict=True)]
@@ -71,18 +76,20 @@ class MaskPredictor(nn.Module):
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: slice,
-                targets: torch.Tensor | None = None, adapters_off: bool = False) -> torch.Tensor:
-        """Logits [N, l, V] (float32) at ``positions`` (l of them), or, given targets [N, l], log p(targets) [N, l].
+                targets: torch.Tensor | None = None, adapters_off: bool = False, exclude: int | None = None,
+                ) -> torch.Tensor:
+        """Logits [N, l, V] (float32) at ``positions`` (l of them), or, given targets [N, l], log p(targets) [N, l]
+        (over the vocabulary without token ``exclude``, when given).
 
         ``adapters_off``: the base model with the LoRA adapters disabled (the KL reference, no copy of the model)."""
         with self.lm.disable_adapter() if adapters_off else nullcontext():
             hidden, head = self._hidden(input_ids, attention_mask, positions)  # [N, l, H] (or logits, head None)
             if head is None:  # a remote-code model that only returns logits
                 logits = at_least_float32(hidden)
-                return logits if targets is None else picked_logp(logits, targets)
+                return logits if targets is None else picked_logp(logits, targets, exclude)
             if targets is None:
                 return at_least_float32(head(hidden))
-            return chunked_logprobs(head, hidden, targets, self.logits_chunk)
+            return chunked_logprobs(head, hidden, targets, self.logits_chunk, exclude)
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: slice,
                 ) -> tuple[torch.Tensor, nn.Module | None]:

@@ -50,6 +50,8 @@ Departures from LLaDA's ``generate.py``, each deliberate:
    step (mean and max), decode seconds and completion tokens per second, and the positions the model computed.
 12. ``cache='prefix'`` or ``'dual'``: Fast-dLLM's block-wise approximate KV cache (``kv_cache.py``): the block's first
    step is a full forward that refreshes the cache, its other steps run on a window of positions against it.
+13. Every rollout records its trajectory (``Rollout.trajectory``, ``trajectory.py``): the row's step that committed
+   each position and the committed token's log-probability under the conditional sampled from.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ from harness.model.elbo import micro_batches
 from harness.model.kv_cache import BLOCK_REFRESH, CACHES, NO_CACHE, REFRESHES, BlockCache
 from harness.model.predictor import MaskPredictor
 from harness.model.reveal import cap_reveal, factor_rule, reveal_schedule, threshold_rule, top_k_mask
-from harness.model.structs import DecodeStats, Rollout
+from harness.model.structs import DecodeStats, Rollout, Trajectory
+from harness.model.trajectory import TrajectoryRecorder, behaviour_logprobs
 
 DECODE_RULES = SCHEDULE, THRESHOLD, FACTOR = ("schedule", "threshold", "factor")
 """How many tokens a step reveals: LLaDA's fixed schedule, or Fast-dLLM's threshold or factor rule."""
@@ -173,20 +176,23 @@ def generate(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torc
         parts = [_generate_rows(policy, prompt_ids[rows], prompt_mask[rows], cfg,
                                 generator[rows] if per_row else generator)
                  for rows in micro_batches(n, cfg.micro_batch_size if per_row else 0)]
-    completion_ids = torch.cat([ids for ids, _ in parts]).clone()  # [N, L], an ordinary tensor (outside inference)
+    completion_ids = torch.cat([ids for ids, _, _ in parts]).clone()  # [N, L], ordinary tensors (outside inference)
+    trajectory = Trajectory(torch.cat([t.reveal_step for _, t, _ in parts]).clone(),
+                            torch.cat([t.behaviour_logp for _, t, _ in parts]).clone(), cfg.temperature)
     completion_mask = first_eos_mask(completion_ids, policy.stop_ids)  # [N, L]
     answer_tokens = int(completion_mask.sum())  # waits for the device: the time below is the decoding's
-    stats = sum((part for _, part in parts), DecodeStats(completion_tokens=answer_tokens,
-                                                         seconds=time.perf_counter() - started))
+    stats = sum((part for _, _, part in parts), DecodeStats(completion_tokens=answer_tokens,
+                                                            seconds=time.perf_counter() - started))
     texts = policy.decode_completions(completion_ids, completion_mask)
     return Rollout(prompt_ids=prompt_ids.to(completion_ids.device), prompt_mask=prompt_mask.to(
         device=completion_ids.device, dtype=torch.bool), completion_ids=completion_ids,
-        completion_mask=completion_mask, texts=texts, block_length=cfg.block_length, decode=stats)
+        completion_mask=completion_mask, texts=texts, block_length=cfg.block_length, decode=stats,
+        trajectory=trajectory)
 
 
 def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
-                   generator: Generators) -> tuple[torch.Tensor, DecodeStats]:
-    """The completion ids [n, L] of a slice of rows and what decoding them cost."""
+                   generator: Generators) -> tuple[torch.Tensor, TrajectoryRecorder, DecodeStats]:
+    """The completion ids [n, L] of a slice of rows, its trajectory and what decoding it cost."""
     device = policy.device
     num_blocks = cfg.gen_length // cfg.block_length
     steps_per_block = cfg.steps // num_blocks
@@ -203,39 +209,42 @@ def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask
     def forward(block: slice) -> torch.Tensor:  # the block's logits [n, Lb, V]: through the cache, if any
         return cache.logits(x, block) if cache else policy.logits(x, attention_mask, block)
 
+    recorder = TrajectoryRecorder(n, cfg.gen_length, p, device)
     revealed: list[torch.Tensor] = []  # per forward pass, the tokens each row revealed: [n] each
     for block in range(num_blocks):
         start = p + block * cfg.block_length
         block_slice = slice(start, start + cfg.block_length)
         if cfg.decode != SCHEDULE:  # until the block has no mask in any row: one host sync per step
             while any(rows := (x[:, block_slice] == policy.mask_id).any(dim=1).tolist()):
-                revealed.append(_denoise_step(forward(block_slice), x, block_slice, None, cfg, generator,
-                                              policy.mask_id, rows))
+                revealed.append(recorder.record(block_slice, *_denoise_step(
+                    forward(block_slice), x, block_slice, None, cfg, generator, policy.mask_id, rows)))
             continue
         masked_per_row = (x[:, block_slice] == policy.mask_id).sum(dim=1)  # [N]
         schedule = reveal_schedule(masked_per_row, steps_per_block)  # [N, S]
         active = schedule.any(dim=0).tolist()  # one host sync per block, not per step
         for step in range(steps_per_block):
             if active[step]:
-                revealed.append(_denoise_step(forward(block_slice), x, block_slice, schedule[:, step], cfg,
-                                              generator, policy.mask_id))
+                revealed.append(recorder.record(block_slice, *_denoise_step(
+                    forward(block_slice), x, block_slice, schedule[:, step], cfg, generator, policy.mask_id)))
 
     counts = torch.stack(revealed) if revealed else torch.zeros(0, n, dtype=torch.long)  # [F, n]
     positions = cache.positions if cache else len(revealed) * x.numel()
-    return x[:, p:], DecodeStats(forwards=len(revealed), row_steps=int((counts > 0).sum()),
+    return x[:, p:], recorder, DecodeStats(forwards=len(revealed), row_steps=int((counts > 0).sum()),
                                  revealed=int(counts.sum()), max_tokens_per_step=int(counts.max()) if revealed else 0,
                                  positions=positions)
 
 
 def _denoise_step(logits: torch.Tensor, x: torch.Tensor, block_slice: slice, reveal_counts: torch.Tensor | None,
                   cfg: RolloutConfig, generator: Generators, mask_id: int,
-                  rows: Sequence[bool] | None = None) -> torch.Tensor:
+                  rows: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One reverse step in place on x [N, T] from the block's logits [N, Lb, V]: reveal ``reveal_counts`` [N] masked
     tokens of the block per row (None: the tokens ``cfg.decode``'s rule picks, drawing noise only for the ``rows``
-    still masked). Returns the tokens revealed per row, [N]."""
+    still masked). Returns the positions revealed [N, Lb] and the sampled tokens' log-probabilities under the
+    sampler's conditional [N, Lb] (``trajectory.behaviour_logprobs``)."""
     mask_column = torch.tensor([mask_id], device=logits.device)
     logits = logits.to(SAMPLING_DTYPE).index_fill(-1, mask_column, float("-inf"))  # [N, Lb, V], a fresh copy
     x0, confidence = sample_tokens(logits, cfg.temperature, generator, rows)  # [N, Lb], [N, Lb]
+    logp = behaviour_logprobs(logits, x0, confidence, cfg.temperature)  # [N, Lb]
     if cfg.remasking == RANDOM:
         confidence = _uniform(confidence.shape, generator, confidence.device)  # [N, Lb]
     block = x[:, block_slice]  # [N, Lb], a view into x
@@ -246,7 +255,7 @@ def _denoise_step(logits: torch.Tensor, x: torch.Tensor, block_slice: slice, rev
         confidence = confidence.masked_fill(~still_masked, float("-inf"))  # revealed tokens stay fixed
         reveal = top_k_mask(confidence, reveal_counts) & still_masked  # [N, Lb]
     x[:, block_slice] = torch.where(reveal, x0, block)
-    return reveal.sum(dim=1)  # [N]
+    return reveal, logp
 
 
 def parallel_reveal(confidence: torch.Tensor, masked: torch.Tensor, cfg: RolloutConfig) -> torch.Tensor:

@@ -73,6 +73,35 @@ class DecodeStats:
                            self.positions + other.positions)
 
 
+NOT_REVEALED = -1
+"""reveal_step of a position the sampler never committed (never in a finished rollout)."""
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """What the sampler did, per completion position: when it committed the token, and how likely it was."""
+
+    reveal_step: torch.Tensor  # [N, L] long, the row's step that committed the position (NOT_REVEALED: never)
+    behaviour_logp: torch.Tensor  # [N, L] float64, log p of the committed token under the sampler's conditional
+    temperature: float  # the rollout's temperature (the conditional is logits / T; 0: greedy, scored untempered)
+
+    @property
+    def steps(self) -> int:
+        """Steps of the longest row's trajectory (windows cover [0, steps))."""
+        return int(self.reveal_step.max()) + 1 if self.reveal_step.numel() else 0
+
+    def state(self, completion_ids: torch.Tensor, mask_id: int, step: int | torch.Tensor) -> torch.Tensor:
+        """The completion [N, L] as it stood before ``step`` (one for all rows, or [N], one per row): committed
+        tokens, mask elsewhere."""
+        before = step if isinstance(step, int) else step.unsqueeze(1)
+        committed = (self.reveal_step >= 0) & (self.reveal_step < before)
+        return torch.where(committed, completion_ids, torch.full_like(completion_ids, mask_id))
+
+    def window(self, lo: int, hi: int) -> torch.Tensor:
+        """[N, L] bool: the positions committed in steps [lo, hi)."""
+        return (self.reveal_step >= lo) & (self.reveal_step < hi)
+
+
 @dataclass(frozen=True)
 class Rollout:
     """Completions sampled from the policy for a batch of prompts.
@@ -88,6 +117,7 @@ class Rollout:
     texts: list[str]  # N decoded completions (up to the first EOS, special tokens dropped)
     block_length: int | None = None  # the sampler's semi-autoregressive block (None: not sampled by it)
     decode: DecodeStats = field(default_factory=DecodeStats)  # what sampling it cost (empty: not sampled)
+    trajectory: Trajectory | None = None  # when each token was committed, and how likely (None: not sampled)
 
     @property
     def input_ids(self) -> torch.Tensor:
