@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -22,7 +22,7 @@ from harness.bench.decode import DecodeBench
 from harness.bench.gradstats import GRADSTATS_RECIPE, GradstatsBench
 from harness.bench.memory import BUDGET_RECIPE, MEMORY_RECIPE, UpdateBench
 from harness.bench.sandbox import SandboxBench
-from harness.cli.common import LOCAL, Out, command, console, shown, spec_command
+from harness.cli.common import LOCAL, Out, command, console, option, spec_command
 from harness.runs.registry import lookup
 from harness.runs.settings import Setting, apply_settings, get, parse_values, replace, spec_settings
 from harness.runs.sweep import RECIPES, SweepSpec
@@ -42,13 +42,6 @@ DECODE_SETTINGS = ("model", "tasks", "eval_split", "eval_limit", "eval_batch_siz
                    "eval_rollout_block_length", "eval_rollout_steps", "threads", "data_dir")
 GRADSTATS_SETTINGS = ("objectives", "nt", "estimator", "prompts_per_step", "group_size", "seeds", "data_dir",
                       "threads")
-
-
-def option(setting: Setting, default: Any) -> inspect.Parameter:
-    """The keyword parameter typer reads as a derived setting's option (text, parsed by settings.parse_values)."""
-    return inspect.Parameter(setting.key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        str | None, typer.Option(setting.flag, help=setting.help, show_default=shown(default),
-                                 metavar=setting.kind.__name__.upper() + ("[,...]" if setting.is_list else ""))])
 
 
 def with_own(own: Any, given: dict[str, str], table: dict[str, Setting]) -> Any:

@@ -63,6 +63,14 @@ def shown(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def option(setting: Any, default: Any) -> inspect.Parameter:
+    """The keyword parameter typer reads as a derived setting's option (a ``settings.Setting``; text, parsed by
+    ``settings.parse_values``): its flag, help and kind, and ``default`` shown."""
+    return inspect.Parameter(setting.key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None, typer.Option(setting.flag, help=setting.help, show_default=shown(default),
+                                 metavar=setting.kind.__name__.upper() + ("[,...]" if setting.is_list else ""))])
+
+
 def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, Path], None], out: Path,
                  doc: str, keep: Callable[[Any], bool] | None = None) -> None:
     """Register command ``name`` with one option per ``SweepSpec`` setting (defaults: ``recipe``; only those ``keep``
@@ -80,10 +88,7 @@ def spec_command(app: typer.Typer, name: str, recipe: Any, run: Callable[[Any, P
         spec = apply_settings(recipe, given, "", flags=True)
         run(with_objective_settings(spec, values.get("set_") or []), values["out"])
 
-    params = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        str | None, typer.Option(s.flag, help=s.help, show_default=shown(varied.get(key, get(recipe, s.path))),
-                                 metavar=s.kind.__name__.upper() + ("[,...]" if s.is_list else ""))])
-        for key, s in settings.items()]
+    params = [option(s, varied.get(key, get(recipe, s.path))) for key, s in settings.items()]
     if keep is None:
         params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             list[str] | None, typer.Option("--set", help="An objective's own setting, OBJECTIVE.KEY=VALUE (e.g. "
