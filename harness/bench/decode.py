@@ -33,6 +33,7 @@ from harness.model.kv_cache import DUAL, PREFIX
 from harness.model.policy import Policy
 from harness.model.rollout import FACTOR, SCHEDULE, THRESHOLD, RolloutConfig, generate
 from harness.model.structs import ROLLOUT_STREAM, generators, row_seeds
+from harness.report.learn_summary import pct_ci
 
 PLAIN, DEFAULT = "plain", "default"
 """The reference protocol (one token per step, Fast-dLLM's baseline) and the evaluation protocol as configured."""
@@ -145,12 +146,6 @@ def speed_rows(shape: str, bench: DecodeBench, protocols: Sequence[str], seed: i
     return [{**row, "parameters": params} for row in rows]
 
 
-def _pct(estimate: dict[str, float], signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    return (f"{100 * estimate['mean']:{sign}.1f} [{100 * estimate['low']:{sign}.1f}, "
-            f"{100 * estimate['high']:{sign}.1f}]")
-
-
 def decode_markdown(result: dict[str, Any]) -> str:
     """The two tables and how to read them."""
     lines = [f"# Decoding protocols: {result['task']}, {result['model']} model, {result['items']} test items",
@@ -162,7 +157,7 @@ def decode_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['protocol']} | {r['forwards_per_item']:.2f} | {r['forward_ratio']:.2f} | "
                      f"{r['batch_forwards']} | {r['positions_per_item']:.0f} | {r['tokens_per_step']:.2f} "
                      f"({r['max_tokens_per_step']}) | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
-                     f"{_pct(r['accuracy'])} | {_pct(r['paired'], True)} ({r['paired']['p']:.3f}) |")
+                     f"{pct_ci(r['accuracy'])} | {pct_ci(r['paired'], True)} ({r['paired']['p']:.3f}) |")
     lines += ["", "Forwards per item: the forward passes one item needs decoded alone (Fast-dLLM's batch-1 count); "
               f"batch forwards: what batches of {result['batch_size']} took (a batch waits for its slowest row). "
               "Positions: query positions computed per item (a KV cache saves these, not forwards). Paired: "

@@ -170,7 +170,8 @@ def summarize(records: Sequence[RunRecord], reference: str | None = None) -> dic
             "paired": paired_tests(groups, ids), "tokens_per_step": tokens, "checkpoint_rule": CHECKPOINT_RULE}
 
 
-def _pct(estimate: dict[str, float], signed: bool = False) -> str:
+def pct_ci(estimate: dict[str, float], signed: bool = False) -> str:
+    """An estimate (a fraction) in percent with its interval: "58.0 [56.1, 60.0]" (signed: "+0.6 [-0.4, +1.7]")."""
     sign = "+" if signed else ""
     return f"{PCT * estimate['mean']:{sign}.1f} [{PCT * estimate['low']:{sign}.1f}, {PCT * estimate['high']:{sign}.1f}]"
 
@@ -194,14 +195,14 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
     base = summary["base"]
     lines = [f"# {title}", "", CHECKPOINT_RULE, "",
              f"Base policy (step 0, {summary['n_items']} test puzzles, greedy; percent [95% CI]): cell accuracy "
-             f"{_pct(base['cell_accuracy'])}, solved {_pct(base['solved'])}, valid {_pct(base['valid'])}.", "",
+             f"{pct_ci(base['cell_accuracy'])}, solved {pct_ci(base['solved'])}, valid {pct_ci(base['valid'])}.", "",
              TABLE_HEADER.format(reference=summary["reference"]), "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
     for r in summary["rows"]:
         mem = r["peak_memory_mb"]
         lines.append(f"| {objective_label(r['objective'], r['variant'])} | {r['n_t'] or '-'} | {r['mu']} "
-                     f"| {','.join(map(str, r['seeds']))} | {_pct(r['cell_accuracy'])} "
-                     f"| {_pct(r['delta_cell_accuracy'], signed=True)} | {r['vs_reference']} | {_pct(r['solved'])} "
-                     f"| {_pct(r['valid'])} "
+                     f"| {','.join(map(str, r['seeds']))} | {pct_ci(r['cell_accuracy'])} "
+                     f"| {pct_ci(r['delta_cell_accuracy'], signed=True)} | {r['vs_reference']} | {pct_ci(r['solved'])} "
+                     f"| {pct_ci(r['valid'])} "
                      f"| {r['train_reward_first']:.2f} -> {r['train_reward_last']:.2f} | {r['seconds_per_step']:.2f} "
                      f"| {mem.get(metrics.PEAK_ACTIVATIONS_MB, float('nan')):.1f} "
                      f"| {mem.get(metrics.PEAK_TOTAL_MB, float('nan')):.1f} |")
@@ -215,9 +216,10 @@ def summary_markdown(summary: dict[str, Any], first: RunRecord, env: dict[str, A
               "McNemar (exact) on seed-majority `solved`: a puzzle counts as solved by an arm when more than half of "
               "its seeds solve it.", ""]
     lines += [f"- mu={t['mu']}, {t['a']} vs {t['b']}: cell accuracy difference "
-              f"{_pct(t['cell_accuracy_difference'], signed=True)} pts, paired bootstrap over puzzles of the seed-mean "
-              f"accuracy p = {t['p_bootstrap']:.4f}; McNemar on seed-majority solved ({t['solved_only_a']} puzzles "
-              f"only {t['a']}, {t['solved_only_b']} only {t['b']}) p = {t['p_mcnemar']:.4f}"
+              f"{pct_ci(t['cell_accuracy_difference'], signed=True)} pts, paired bootstrap over puzzles of the "
+              f"seed-mean accuracy p = {t['p_bootstrap']:.4f}; McNemar on seed-majority solved "
+              f"({t['solved_only_a']} puzzles only {t['a']}, {t['solved_only_b']} only {t['b']}) "
+              f"p = {t['p_mcnemar']:.4f}"
               for t in summary["paired"]] or ["- none (needs bgpo and another arm at the same mu)"]
     lines += ["", tokens_line(summary["tokens_per_step"])] if summary["tokens_per_step"] else []
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
