@@ -1,6 +1,7 @@
 """RL objectives for diffusion LLMs. Adding one: a new file with a class and its config, plus one line below."""
 
 from objectives.bgpo import BGPO
+from objectives.cj_grpo import CJGRPO
 from objectives.diffu_grpo import DiffuGRPO
 from objectives.espo import ESPO
 from objectives.gdpo import GDPO
@@ -18,4 +19,5 @@ OBJECTIVES: dict[str, type] = {
     "espo": ESPO,
     "wd1": WD1,
     "gdpo": GDPO,
+    "cj-grpo": CJGRPO,
 }

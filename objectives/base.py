@@ -24,6 +24,9 @@ RATIO_MEAN = "ratio/mean"
 """Mean importance ratio exp(mean_j d_j) (VRPO)."""
 CLIP_LOW_MEAN, CLIP_HIGH_MEAN = "clip_ratio/low_mean", "clip_ratio/high_mean"
 """Fraction of tokens clipped below / above (diffu-GRPO; TRL's names)."""
+TRAJECTORY_MISMATCH = "trajectory/mismatch"
+"""Mean over scored tokens of the sampler's log-probability minus the learner's on the same state, at update 0 (the
+trajectory objectives): 0 when the learner rebuilds the sampler's conditional (rollout temperature 1)."""
 SPG_BOUND_MEAN = "spg/bound_mean"
 """Mean of SPG's sandwiched bound over sequences."""
 
@@ -37,6 +40,8 @@ class Objective(Protocol):
     name: ClassVar[str]
     uses_nt: ClassVar[bool]  # False: the scheduler collapses the n_t axis for this objective
     needs_reference: bool  # True: the trainer snapshots the base model as the KL reference
+    # Objectives that score the sampler's own trajectory with no random draw (CJ-GRPO) set ``draws_nothing = True``:
+    # the rows' seeds then change nothing (the contract tests check both ways).
     # Ratio-free objectives (SPG, wd1) may set ``resamples_each_update = True``: each update draws fresh masks
     # instead of replaying update 0's, so an unchanged model gives another value in update 1 (the contract tests).
     config: Any  # the objective's own frozen config dataclass

@@ -112,7 +112,7 @@ class FixedLogprobPolicy:
         self.c, self.ref = c, ref
 
     def token_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-                       start: int, reference: bool = False) -> torch.Tensor:
+                       start: int, reference: bool = False, exclude_mask: bool = False) -> torch.Tensor:
         assert ids.shape == attention_mask.shape and targets.shape[1] == ids.shape[1] - start
         values = self.ref if reference else self.c
         return values[: ids.shape[0]]
@@ -137,9 +137,10 @@ def make_policy(dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int =
 
 def make_batch(policy, n_prompts: int = 3, group: int = 4, prompt_len: int = 6, gen: int = 8, seed: int = 0,
                advantages: torch.Tensor | None = None):
-    """A scored batch of random sequences: left padding, an EOS inside some completions, mixed-sign advantages."""
+    """A scored batch of random sequences: left padding, an EOS inside some completions, mixed-sign advantages, and
+    a trajectory (each row reveals its completion two tokens per step in a random order)."""
     from harness.model.rollout import first_eos_mask
-    from harness.model.structs import Batch, Rollout, row_seeds
+    from harness.model.structs import Batch, Rollout, Trajectory, row_seeds
     from objectives.advantages import group_advantages
 
     g = torch.Generator().manual_seed(seed)
@@ -153,8 +154,12 @@ def make_batch(policy, n_prompts: int = 3, group: int = 4, prompt_len: int = 6, 
     for row, at in enumerate(eos_at.tolist()):
         if at < gen:
             completion[row, at:] = policy.eos_id
+    order = torch.stack([torch.randperm(gen, generator=g) for _ in range(n)])  # [N, L] reveal order per row
+    trajectory = Trajectory(reveal_step=order // 2, temperature=1.0,  # two tokens per step, gen / 2 steps
+                            behaviour_logp=-0.5 - 2.5 * torch.rand((n, gen), generator=g, dtype=torch.float64))
     rollout = Rollout(prompt_ids=prompt, prompt_mask=prompt_mask, completion_ids=completion,
-                      completion_mask=first_eos_mask(completion, policy.eos_id), texts=[""] * n)
+                      completion_mask=first_eos_mask(completion, policy.eos_id), texts=[""] * n,
+                      trajectory=trajectory)
     rewards = torch.rand(n, generator=g, dtype=torch.float64)
     adv = group_advantages(rewards, group, scale_by_std=True) if advantages is None else advantages
     return Batch(rollout=rollout, rewards=rewards, advantages=adv, group_size=group,

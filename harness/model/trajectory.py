@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.model.structs import NOT_REVEALED, Rollout
+from harness.model.structs import NOT_REVEALED, Rollout, Trajectory
 
 
 class TrajectoryRecorder:
@@ -52,18 +52,20 @@ def behaviour_logprobs(logits: torch.Tensor, x0: torch.Tensor, confidence: torch
     return scaled.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
 
 
-def window_logprobs(policy, rollout: Rollout, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def window_logprobs(policy, rollout: Rollout, lo: int, hi: int, rows: slice = slice(None),  # noqa: ANN001
+                    reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The learner's log p of the tokens committed in steps [lo, hi), from the state before lo, over the vocabulary
-    without the mask token (the sampler's support): (log-probs [N, L] with grad where enabled, zero outside the
-    window; the window [N, L] bool). One forward over the batch."""
+    without the mask token (the sampler's support), for ``rows`` (``reference``: under the KL reference): (log-probs
+    [n, L] with grad where enabled, zero outside the window; the window [n, L] bool). One forward over the rows."""
     trajectory = rollout.trajectory
     if trajectory is None:
         raise ValueError("the rollout carries no trajectory (it was not sampled by harness.model.rollout.generate)")
-    state = trajectory.state(rollout.completion_ids, policy.mask_id, lo)  # [N, L]
-    ids = torch.cat([rollout.prompt_ids, state], dim=1)  # [N, T]
-    logp = policy.token_logprobs(ids, rollout.attention_mask, rollout.completion_ids, rollout.prompt_ids.shape[1],
-                                 exclude_mask=True)  # [N, L]
-    window = trajectory.window(lo, hi)
+    completion = rollout.completion_ids[rows]  # [n, L]
+    reveal = Trajectory(trajectory.reveal_step[rows], trajectory.behaviour_logp[rows], trajectory.temperature)
+    ids = torch.cat([rollout.prompt_ids[rows], reveal.state(completion, policy.mask_id, lo)], dim=1)  # [n, T]
+    logp = policy.token_logprobs(ids, rollout.attention_mask[rows], completion, rollout.prompt_ids.shape[1],
+                                 reference=reference, exclude_mask=True)  # [n, L]
+    window = reveal.window(lo, hi)
     return logp * window, window
 
 
