@@ -2,10 +2,13 @@
 
 from objectives.bgpo import BGPO
 from objectives.cj_grpo import CJGRPO
+from objectives.d2_stepmerge import D2StepMerge
 from objectives.diffu_grpo import DiffuGRPO
 from objectives.espo import ESPO
 from objectives.gdpo import GDPO
+from objectives.justgrpo import JustGRPO
 from objectives.spg import SPG
+from objectives.tracerl import TraceRL
 from objectives.vrpo import VRPO
 from objectives.vrpo_exact import VRPOExact
 from objectives.wd1 import WD1
@@ -20,4 +23,7 @@ OBJECTIVES: dict[str, type] = {
     "wd1": WD1,
     "gdpo": GDPO,
     "cj-grpo": CJGRPO,
+    "tracerl": TraceRL,
+    "d2-stepmerge": D2StepMerge,
+    "justgrpo": JustGRPO,
 }

@@ -42,8 +42,9 @@ class Objective(Protocol):
     needs_reference: bool  # True: the trainer snapshots the base model as the KL reference
     # Objectives that score the sampler's own trajectory with no random draw (CJ-GRPO) set ``draws_nothing = True``:
     # the rows' seeds then change nothing (the contract tests check both ways).
-    # Ratio-free objectives (SPG, wd1) may set ``resamples_each_update = True``: each update draws fresh masks
-    # instead of replaying update 0's, so an unchanged model gives another value in update 1 (the contract tests).
+    # Objectives that score other draws in each update (SPG, wd1: fresh masks; d2-StepMerge: another segment, its old
+    # terms taken in ``prepare``) set ``resamples_each_update = True``: an unchanged model gives another value in
+    # update 1 (the contract tests).
     config: Any  # the objective's own frozen config dataclass
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:

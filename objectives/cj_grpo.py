@@ -25,7 +25,7 @@ from harness.model.policy import Policy
 from harness.model.structs import Batch
 from objectives.advantages import group_advantages
 from objectives.base import LossTerm
-from objectives.windows import WindowBatch, prepare_windows, step_windows, window_loss_terms
+from objectives.windows import WindowBatch, WindowLoss, prepare_windows, step_windows, window_loss_terms
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class CJGRPO:
         return self.config.beta > 0
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> WindowBatch:
-        windows = step_windows(batch.rollout.trajectory.steps, 1)
-        return prepare_windows(policy, batch, windows, mu, reference=self.config.beta > 0)
+        windows = step_windows(batch.trajectory_steps, 1)
+        return prepare_windows(policy, batch, lambda inner: windows, mu, reference=self.config.beta > 0)
 
     def loss_terms(self, policy: Policy, prepared: WindowBatch, inner: int) -> Iterator[LossTerm]:
-        return window_loss_terms(policy, prepared, inner, self.config.clip_eps, self.config.beta)
+        return window_loss_terms(policy, prepared, inner, WindowLoss(self.config.clip_eps, self.config.beta))

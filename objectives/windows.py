@@ -1,26 +1,28 @@
 """Token-level clipped objectives on windows of the sampler's own trajectory (objectives-trajectory.md §0, §9).
 
-CJ-GRPO (windows of one step), TraceRL (``shrink`` steps) and d2-StepMerge (one of N windows, times N) share one
-estimator: the log-probability of the tokens committed in steps [lo, hi), from the state before lo
-(``harness.model.trajectory.window_logprobs``), in a per-token PPO ratio against the old policy on the same state.
-Each window is one forward and one ``LossTerm``: one graph alive whatever the number of windows (the official
-CJ-GRPO keeps all S step graphs in one backward, P-CJ2).
+CJ-GRPO (windows of one step), TraceRL (``shrink`` steps), d2-StepMerge (one of N segments, times N) and JustGRPO
+(one position of a left-to-right trajectory) share one estimator: the log-probability of the tokens committed in
+steps [lo, hi), from the state before lo (``harness.model.trajectory.window_logprobs``), in a per-token PPO ratio
+against the old policy on the same state. Each window is one forward and one ``LossTerm``: one graph alive whatever
+the number of windows (the official CJ-GRPO keeps all S step graphs in one backward, P-CJ2). They differ in their
+windows and in how tokens are averaged (``AGGREGATES``).
 
 Shared departures from the official code, each deliberate:
-1. Tokens after the first EOS are never scored (CJ-GRPO scores every revealed position, P-CJ3); left padding is
-   hidden by the attention mask (P-CJ3, P-TR4).
+1. Tokens after the first EOS are never scored (CJ-GRPO and JustGRPO score every revealed position, P-CJ3, P-JG1);
+   left padding is hidden by the attention mask (P-CJ3, P-TR4).
 2. The learner scores over the vocabulary without the mask token, the sampler's support; the mismatch with the
    sampler's own log-probabilities (``behaviour_logp``) is reported at update 0 (``TRAJECTORY_MISMATCH``): 0 when
    the rollout temperature is 1, the official codes' silent bug otherwise (§0 point 4).
 3. Update 0 is on-policy: pi_old is pi_theta detached (no extra forward); the old terms of later updates come from
    one no-grad pass per window in ``prepare`` (the harness's rule for every objective).
-4. A window's token mean is over the process's own rows; under several processes the gradients average those means
-   (the window's global token count would cost one all-reduce per window).
+4. The 'window' and 'row' means are over the process's own rows; under several processes the gradients average
+   those means (the global count would cost one all-reduce per window). Every process runs the windows of the
+   global batch's longest trajectory (``Batch.trajectory_steps``), so all run as many backward passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +34,16 @@ from harness.model.trajectory import window_logprobs
 from objectives.base import CLIP_HIGH_MEAN, CLIP_LOW_MEAN, TRAJECTORY_MISMATCH, LossTerm
 from objectives.common import k3_kl, masked_mean, ppo_surrogate
 
-Window = tuple[int, int]
-"""Steps [lo, hi) of the rows' trajectories."""
+Bound = int | torch.Tensor
+Window = tuple[Bound, Bound]
+"""Steps [lo, hi) of the rows' trajectories: one bound for all rows, or [N] bounds, one per row."""
+AGGREGATES = WINDOW_MEAN, ROW_MEAN, TOKEN_MEAN = ("window", "row", "token")
+"""How scored tokens are averaged. 'window' (CJ-GRPO): each window's token mean over the batch, averaged over the
+windows. 'row' (TraceRL): each (row, window) pair's token mean, averaged over the non-empty pairs. 'token' (d2,
+JustGRPO as DARE runs it): the sum over every window's tokens over the global batch's answer tokens, times
+``scale``."""
+KL_TO = ("reference", "old")
+"""What the k3 term pulls towards: the reference (base) model, or the old policy (TraceRL's trust region)."""
 
 
 def step_windows(steps: int, width: int) -> list[Window]:
@@ -41,61 +51,92 @@ def step_windows(steps: int, width: int) -> list[Window]:
     return [(lo, min(lo + width, steps)) for lo in range(0, steps, width)]
 
 
+@dataclass(frozen=True)
+class WindowLoss:
+    """The settings of a windowed objective's loss."""
+
+    clip_eps: float
+    beta: float
+    kl_to: str = "reference"
+    aggregate: str = WINDOW_MEAN
+    scale: float = 1.0  # multiplies every window's loss (d2-StepMerge: one of N segments scored, times N)
+
+
 @dataclass
 class WindowBatch:
-    """A batch prepared for a windowed objective: its windows, their weight, and each window's old log-probs."""
+    """A batch prepared for a windowed objective: each update's windows, the rows kept, and old and reference
+    log-probs of every window."""
 
     batch: Batch
-    windows: list[Window]
-    scale: float  # multiplies every window's loss (d2-StepMerge: N windows, one scored)
-    old_logps: list[list[torch.Tensor]]  # per update k >= 1, per window: [N, L] pi_old ([] for mu = 1)
-    ref_logps: list[torch.Tensor | None]  # per window: [N, L] pi_ref (None: no KL to a reference)
+    windows: list[list[Window]]  # per update, its windows
+    keep: torch.Tensor  # [N] bool: rows in the loss (TraceRL's group filter drops whole groups)
+    old_logps: list[list[torch.Tensor]]  # per update k >= 1, per window: [N, L] pi_old ([] for k = 0)
+    ref_logps: list[list[torch.Tensor | None]]  # per update, per window: [N, L] pi_ref (None: no reference KL)
+    row_pairs: list[float]  # per update: non-empty (row, window) pairs (the 'row' mean's denominator)
 
 
-def prepare_windows(policy: Policy, batch: Batch, windows: Sequence[Window], mu: int, scale: float = 1.0,
-                    reference: bool = False) -> WindowBatch:
-    """Old (mu > 1) and reference log-probs of every window, without grad, in the updates' micro-batches."""
+def rows_of(bound: Bound, rows: slice) -> Bound:
+    return bound if isinstance(bound, int) else bound[rows]
+
+
+def prepare_windows(policy: Policy, batch: Batch, windows_of: Callable[[int], Sequence[Window]], mu: int,
+                    reference: bool = False, keep: torch.Tensor | None = None) -> WindowBatch:
+    """Each update's windows (``windows_of(inner)``); old (mu > 1) and reference log-probs of every window, without
+    grad, in the updates' micro-batches."""
     chunks = micro_batches(batch.advantages.numel(), batch.micro_batch_size)
+    keep = torch.ones(batch.advantages.numel(), dtype=torch.bool) if keep is None else keep
+    windows = [list(windows_of(inner)) for inner in range(mu)]
 
-    def scored(lo: int, hi: int, ref: bool) -> torch.Tensor:
+    def scored(lo: Bound, hi: Bound, ref: bool) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([window_logprobs(policy, batch.rollout, lo, hi, rows, reference=ref)[0]
-                              for rows in chunks])  # [N, L]
+            return torch.cat([window_logprobs(policy, batch.rollout, rows_of(lo, rows), rows_of(hi, rows), rows,
+                                              reference=ref)[0] for rows in chunks])  # [N, L]
 
-    old = [scored(lo, hi, False) for lo, hi in windows] if mu > 1 else []
-    ref = [scored(lo, hi, True) if reference else None for lo, hi in windows]
-    return WindowBatch(batch, list(windows), scale, [old] * (mu - 1), ref)
+    old = [[scored(lo, hi, False) for lo, hi in windows[inner]] for inner in range(1, mu)]
+    ref = [[scored(lo, hi, True) if reference else None for lo, hi in update] for update in windows]
+    answer = batch.rollout.completion_mask & keep.to(batch.rollout.completion_mask.device).unsqueeze(1)  # [N, L]
+    pairs = [float(sum(int((batch.rollout.trajectory.window(lo, hi) & answer).any(1).sum()) for lo, hi in update))
+             for update in windows]
+    return WindowBatch(batch, windows, keep, old, ref, pairs)
 
 
-def window_loss_terms(policy: Policy, prepared: WindowBatch, inner: int, clip_eps: float, beta: float
-                      ) -> Iterator[LossTerm]:
-    """One term per (window, micro-batch): -min(rho A, clip(rho) A) + beta k3 per scored token, as a token mean over
-    the batch's answer tokens of that window (departure 4), times ``prepared.scale``, averaged over the windows."""
+def window_loss_terms(policy: Policy, prepared: WindowBatch, inner: int, loss: WindowLoss) -> Iterator[LossTerm]:
+    """One term per (window, micro-batch): -min(rho A, clip(rho) A) + beta k3 per scored token, averaged as
+    ``loss.aggregate`` says."""
     batch = prepared.batch
-    answer = batch.rollout.completion_mask  # [N, L]
+    answer = batch.rollout.completion_mask & prepared.keep.to(batch.rollout.completion_mask.device).unsqueeze(1)
     behaviour = batch.rollout.trajectory.behaviour_logp  # [N, L]
-    for index, (lo, hi) in enumerate(prepared.windows):
+    windows = prepared.windows[inner]
+    for index, (lo, hi) in enumerate(windows):
+        weight = token_weights(prepared, inner, index, loss)  # [N, L]
         for rows in micro_batches(batch.advantages.numel(), batch.micro_batch_size):
-            logp, window = window_logprobs(policy, batch.rollout, lo, hi, rows)  # [n, L]
+            logp, window = window_logprobs(policy, batch.rollout, rows_of(lo, rows), rows_of(hi, rows), rows)
             scored = window & answer[rows]  # [n, L]
             old = logp.detach() if inner == 0 else prepared.old_logps[inner - 1][index][rows].to(logp)
             ratio = torch.exp(logp - old)  # [n, L]
             adv = batch.advantages[rows].to(logp).unsqueeze(1)  # [n, 1]
-            per_token = -ppo_surrogate(ratio, adv, clip_eps)  # [n, L]
-            stats = {CLIP_LOW_MEAN: masked_mean((ratio < 1 - clip_eps) & (adv < 0), scored),
-                     CLIP_HIGH_MEAN: masked_mean((ratio > 1 + clip_eps) & (adv > 0), scored)}
+            per_token = -ppo_surrogate(ratio, adv, loss.clip_eps)  # [n, L]
+            stats = {CLIP_LOW_MEAN: masked_mean((ratio < 1 - loss.clip_eps) & (adv < 0), scored),
+                     CLIP_HIGH_MEAN: masked_mean((ratio > 1 + loss.clip_eps) & (adv > 0), scored)}
             if inner == 0:
                 stats[TRAJECTORY_MISMATCH] = masked_mean(behaviour[rows].to(logp) - logp.detach(), scored)
-            if beta > 0 and prepared.ref_logps[index] is not None:
-                kl = k3_kl(logp, prepared.ref_logps[index][rows].to(logp))  # [n, L]
-                per_token = per_token + beta * kl
+            ref = prepared.ref_logps[inner][index]
+            anchor = old if loss.kl_to == "old" else None if ref is None else ref[rows].to(logp)  # [n, L]
+            if loss.beta > 0 and anchor is not None:
+                kl = k3_kl(logp, anchor)  # [n, L]
+                per_token = per_token + loss.beta * kl
                 stats["kl"] = masked_mean(kl.detach(), scored)
-            tokens = window_tokens(prepared, index)
-            yield LossTerm(prepared.scale * (per_token * scored).sum() / tokens / len(prepared.windows), stats)
+            yield LossTerm((per_token * scored * weight[rows].to(logp)).sum(), stats)
 
 
-def window_tokens(prepared: WindowBatch, index: int) -> float:
-    """Answer tokens of window ``index`` in the local batch (at least 1): the token mean's denominator."""
-    lo, hi = prepared.windows[index]
-    rollout = prepared.batch.rollout
-    return float((rollout.trajectory.window(lo, hi) & rollout.completion_mask).sum().clamp_min(1))
+def token_weights(prepared: WindowBatch, inner: int, index: int, loss: WindowLoss) -> torch.Tensor:
+    """What each scored token of window ``index`` of update ``inner`` weighs in the loss: [N, L] float64."""
+    batch = prepared.batch
+    lo, hi = prepared.windows[inner][index]
+    answer = batch.rollout.completion_mask & prepared.keep.to(batch.rollout.completion_mask.device).unsqueeze(1)
+    scored = (batch.rollout.trajectory.window(lo, hi) & answer).double()  # [N, L]
+    if loss.aggregate == WINDOW_MEAN:
+        return scored / scored.sum().clamp_min(1) / len(prepared.windows[inner]) * loss.scale
+    if loss.aggregate == ROW_MEAN:
+        return scored / scored.sum(1, keepdim=True).clamp_min(1) / max(prepared.row_pairs[inner], 1) * loss.scale
+    return scored / (batch.token_total / batch.world_size) * loss.scale  # TOKEN_MEAN: the global batch's tokens

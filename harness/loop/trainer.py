@@ -146,9 +146,11 @@ def rl_step(step: int, policy: Policy, objective: Objective, task: Task, items: 
                                dtype=torch.float32)  # [N]
     advantages = objective.advantages(rewards, cfg.group_size)  # [N] the objective's own form
     tokens = accelerator.reduce(rollout.completion_mask.sum().to(policy.device), reduction="sum")
+    steps = rollout.trajectory.steps if rollout.trajectory is not None else 0
+    steps = accelerator.reduce(torch.tensor(steps, device=policy.device), reduction="max")
     batch = Batch(rollout=rollout, rewards=rewards, advantages=advantages, group_size=cfg.group_size,
                   row_seeds=row_seeds, world_size=accelerator.num_processes, global_tokens=int(tokens),
-                  micro_batch_size=cfg.micro_batch_size)
+                  micro_batch_size=cfg.micro_batch_size, global_steps=int(steps))
 
     stats: dict[str, list[float]] = defaultdict(list)
     with meter.phase(metrics.UPDATE_PHASE):

@@ -97,8 +97,9 @@ class Trajectory:
         committed = (self.reveal_step >= 0) & (self.reveal_step < before)
         return torch.where(committed, completion_ids, torch.full_like(completion_ids, mask_id))
 
-    def window(self, lo: int, hi: int) -> torch.Tensor:
-        """[N, L] bool: the positions committed in steps [lo, hi)."""
+    def window(self, lo: int | torch.Tensor, hi: int | torch.Tensor) -> torch.Tensor:
+        """[N, L] bool: the positions committed in steps [lo, hi) (bounds for all rows, or [N], one per row)."""
+        lo, hi = (b if isinstance(b, int) else b.unsqueeze(1) for b in (lo, hi))
         return (self.reveal_step >= lo) & (self.reveal_step < hi)
 
 
@@ -141,6 +142,15 @@ class Batch:
     world_size: int = 1  # processes sharing the global batch (each holds N of its rows)
     global_tokens: int | None = None  # completion tokens of the global batch (token means are global); None: local
     micro_batch_size: int = 0  # sequences per objective forward/backward pass (0: all N): the run's TrainConfig's
+    global_steps: int | None = None  # the longest trajectory of the global batch (every process runs as many windows)
+
+    @property
+    def trajectory_steps(self) -> int:
+        """Steps of the global batch's longest trajectory: a windowed objective's windows cover [0, this) on every
+        process, so all processes run as many backward passes (DDP reduces at each)."""
+        trajectory = self.rollout.trajectory
+        local = trajectory.steps if trajectory is not None else 0
+        return self.global_steps if self.global_steps is not None else local
 
     @property
     def token_total(self) -> int:

@@ -52,11 +52,12 @@ def behaviour_logprobs(logits: torch.Tensor, x0: torch.Tensor, confidence: torch
     return scaled.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
 
 
-def window_logprobs(policy, rollout: Rollout, lo: int, hi: int, rows: slice = slice(None),  # noqa: ANN001
-                    reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def window_logprobs(policy, rollout: Rollout, lo: int | torch.Tensor, hi: int | torch.Tensor,  # noqa: ANN001
+                    rows: slice = slice(None), reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The learner's log p of the tokens committed in steps [lo, hi), from the state before lo, over the vocabulary
     without the mask token (the sampler's support), for ``rows`` (``reference``: under the KL reference): (log-probs
-    [n, L] with grad where enabled, zero outside the window; the window [n, L] bool). One forward over the rows."""
+    [n, L] with grad where enabled, zero outside the window; the window [n, L] bool). One forward over the rows. The
+    bounds are one for all the rows, or [n], one per row."""
     trajectory = rollout.trajectory
     if trajectory is None:
         raise ValueError("the rollout carries no trajectory (it was not sampled by harness.model.rollout.generate)")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, NamedTuple
 
 from harness.loop.checkpoint import CheckpointConfig
@@ -140,6 +140,15 @@ class RunConfig(RunSettings):
     randomness: str = RANDOMNESS
     """How the run's random numbers are drawn (not a setting: recorded so that records made otherwise, whose configs
     lack it, never share a fingerprint with a run of today's code)."""
+
+    def __post_init__(self) -> None:
+        """An objective whose likelihood holds for one sampler only (JustGRPO: left to right) sets its training
+        rollout here, so that the config, and the fingerprint, say what the run sampled."""
+        from objectives import OBJECTIVES
+
+        adapt = getattr(OBJECTIVES.get(self.objective), "training_rollout", None)
+        if adapt is not None:
+            object.__setattr__(self, "train", replace(self.train, rollout=adapt(self.train.rollout)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
