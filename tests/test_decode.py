@@ -184,7 +184,7 @@ def test_the_decoding_settings_are_flags_for_training_and_evaluation() -> None:
         for name in ("decode", "threshold", "factor", "max_tokens_per_step"):
             assert settings[prefix + name].path == (*path, name)
     assert settings["eval_rollout_decode"].flag == "--eval-rollout-decode"
-    assert dict(settings["rollout_decode"].bounds) == {"choices": ("schedule", "threshold", "factor")}
+    assert dict(settings["rollout_decode"].bounds) == {"choices": ("schedule", "threshold", "factor", "ass")}
     with pytest.raises(ValueError, match="^--rollout-decode: 'fast' is not one of schedule, threshold, factor"):
         apply_settings(RECIPES["compare"], {"rollout_decode": "fast"}, "", flags=True)
     with pytest.raises(ValueError, match="remasking='low_confidence'"):
@@ -199,11 +199,13 @@ def fingerprints(**flags: str) -> list[str]:
 def test_every_decoding_setting_is_in_the_fingerprint_and_the_schedule_keeps_its_old_one() -> None:
     schedule = fingerprints()
     assert fingerprints(rollout_threshold="0.5", eval_rollout_factor="2", rollout_max_tokens_per_step="3") == schedule
+    assert fingerprints(rollout_eos_gamma_min="1", eval_rollout_eos_gamma_min="1.0") == schedule  # EOSER off
     variants = [fingerprints(rollout_decode="threshold"), fingerprints(rollout_decode="threshold",
                                                                         rollout_threshold="0.7"),
                 fingerprints(rollout_decode="factor"), fingerprints(rollout_decode="threshold",
                                                                      rollout_max_tokens_per_step="2"),
-                fingerprints(eval_rollout_decode="threshold")]
+                fingerprints(eval_rollout_decode="threshold"), fingerprints(rollout_decode="ass"),
+                fingerprints(rollout_eos_gamma_min="0.4"), fingerprints(eval_rollout_eos_gamma_min="0.4")]
     for variant in variants:
         assert all(new != old for new, old in zip(variant, schedule, strict=True))
     assert len({tuple(v) for v in variants}) == len(variants)

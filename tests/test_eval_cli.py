@@ -35,8 +35,8 @@ def test_eval_writes_metrics_with_intervals_and_items(model_dir: Path, tmp_path:
     assert record["metrics"]["cell_accuracy"]["mean"] == pytest.approx(mean, abs=1e-12)
     assert record["decoding"] == {"gen_length": 24, "block_length": 8, "steps": 12, "temperature": 0.0,
                                   "remasking": "low_confidence", "micro_batch_size": 0, "decode": "schedule",
-                                  "threshold": 0.9, "factor": 1.0, "max_tokens_per_step": 0, "cache": "none",
-                                  "cache_refresh": "block"}
+                                  "threshold": 0.9, "factor": 1.0, "max_tokens_per_step": 0, "eos_gamma_min": 1.0,
+                                  "cache": "none", "cache_refresh": "block"}
     assert record["decode"]["forwards"] == 12 and record["decode"]["tokens_per_step"] == 2.0  # one batch, 2 per step
     assert "cell_accuracy" in result.output
 

@@ -27,6 +27,7 @@ PROTOCOLS = {
     "greedy, 1 token per step": BASE,
     "sampled, 2 per step, micro-batched": dataclasses.replace(BASE, steps=6, temperature=1.0, micro_batch_size=3),
     "threshold 0.3, sampled": dataclasses.replace(BASE, decode="threshold", threshold=0.3, temperature=0.7),
+    "ass with eoser 0.01, sampled": dataclasses.replace(BASE, decode="ass", eos_gamma_min=0.01, temperature=1.0),
 }
 
 

@@ -80,6 +80,8 @@ def example(key: str) -> object:
                 "lora_targets": ["q_proj", "v_proj"]}.get(key, [3, 5])
     if setting.kind is bool:
         return not default
+    if "max" in setting.bounds:  # inside [min, max]
+        return (setting.bounds["min"] + setting.bounds["max"]) / 2
     if setting.kind is str:
         choices = [c for c in dict(setting.bounds).get("choices", ()) if c != default]
         return {"estimator": "t-iid", "eval_rollout_decode": "factor"}.get(key, choices[-1] if choices else "elsewhere")
@@ -198,13 +200,14 @@ def test_a_value_below_a_bound_is_one_line_naming_the_flag_and_as_a_field_naming
      "rollout.temperature: -0.5 is not a number >= 0"),
     (lambda: EvalConfig(batch_size=0).validate(), "batch_size: 0 is not an integer >= 1"),
     (lambda: RolloutConfig(remasking="lowest").validate(), "remasking: 'lowest' is not one of low_confidence, random"),
+    (lambda: RolloutConfig(eos_gamma_min=1.5).validate(), "eos_gamma_min: 1.5 is not a number <= 1"),
     (lambda: PolicyConfig(dtype="int8").validate(), "dtype: 'int8' is not one of float32, bfloat16, float64"),
     (lambda: ElboConfig(block_length=-1), "block_length: -1 is not an integer >= 0"),
     (lambda: SPGConfig(eubo_beta=0.5), "eubo_beta: 0.5 is not a number >= 1"),
     (lambda: objective_config("spg", None, [("negative", "upper")]),
      "--set spg.negative: 'upper' is not one of mix, eubo, elbo"),
     (lambda: objective_config("bgpo", None, [("n_t", "0")]), "--set bgpo.n_t: '0' is not an integer >= 1"),
-], ids=["train", "nested", "eval", "choices", "dtype", "elbo", "spg", "set-choices", "set-n_t"])
+], ids=["train", "nested", "eval", "choices", "max", "dtype", "elbo", "spg", "set-choices", "set-n_t"])
 def test_every_config_is_held_to_its_declared_bounds_by_the_one_checker(build, message: str) -> None:  # noqa: ANN001
     with pytest.raises(ValueError) as error:
         build()

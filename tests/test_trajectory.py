@@ -1,8 +1,8 @@
 """The sampler's trajectory as data (issue #24, objectives-trajectory.md §9): the states rebuilt from the recorded
-reveal steps equal the sampler's own states at every step (captured inside it), for the fixed schedule and the
-threshold rule; the recorded log-probabilities equal the learner's on the same states at update 0 when the rollout
-temperature is 1 (mismatch 0) and differ otherwise; the windowed likelihood scores each token in exactly one window
-over the sampler's support (no mask token)."""
+reveal steps equal the sampler's own states at every step (captured inside it), for the fixed schedule, the
+threshold rule and CJ-GRPO's ASS and EOSER; the recorded log-probabilities equal the learner's on the same states at
+update 0 when the rollout temperature is 1 (mismatch 0) and differ otherwise; the windowed likelihood scores each
+token in exactly one window over the sampler's support (no mask token)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ PROTOCOLS = {
     "schedule, 2 per step, micro-batched": dataclasses.replace(BASE, steps=6, micro_batch_size=3),
     "threshold 0.2": dataclasses.replace(BASE, decode="threshold", threshold=0.2),
     "greedy, 2 per step": dataclasses.replace(BASE, steps=6, temperature=0.0),
+    "ass, blocks of 4": dataclasses.replace(BASE, decode="ass"),
+    "ass with eoser 0.01, one block": dataclasses.replace(BASE, block_length=12, decode="ass", eos_gamma_min=0.01),
+    "schedule with eoser 0.4": dataclasses.replace(BASE, eos_gamma_min=0.4),
 }
 
 
@@ -76,7 +79,7 @@ def test_micro_batches_record_the_same_trajectory_as_one_batch(policy: Policy) -
     assert torch.equal(whole.trajectory.behaviour_logp, parts.trajectory.behaviour_logp)
 
 
-@pytest.mark.parametrize("protocol", ["schedule, 1 token per step", "threshold 0.2"])
+@pytest.mark.parametrize("protocol", ["schedule, 1 token per step", "threshold 0.2", "ass with eoser 0.01, one block"])
 def test_at_temperature_1_the_learner_rebuilds_the_samplers_log_probabilities(policy: Policy, protocol: str) -> None:
     rollout = decode(policy, PROTOCOLS[protocol])
     trajectory = rollout.trajectory

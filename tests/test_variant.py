@@ -43,6 +43,13 @@ FILENAME_SAFE = re.compile(r"[A-Za-z0-9.+-]*")
     ({"cache": "prefix"}, "schedule+prefix"),
     ({"decode": "factor", "factor": 2.0, "max_tokens_per_step": 3, "cache": "prefix", "cache_refresh": "step"},
      "factor2-cap3+prefix-step"),
+    ({"decode": "ass"}, "ass"),
+    ({"decode": "ass", "max_tokens_per_step": 4}, "ass"),  # ASS ignores the cap, as the schedule does
+    ({"eos_gamma_min": 1.0}, ""),  # EOSER off
+    ({"eos_gamma_min": 0.4}, "eoser0.4"),
+    ({"decode": "ass", "eos_gamma_min": 0.01}, "ass-eoser0.01"),
+    ({"eos_gamma_min": 0.4, "cache": "dual"}, "eoser0.4+dual"),
+    ({"decode": "ass", "eos_gamma_min": 1e-05, "cache": "prefix"}, "ass-eoser1e-05+prefix"),
 ])
 def test_the_variant_labels_the_training_rollouts_decoding(settings: dict, label: str) -> None:
     assert rollout_variant(RolloutConfig(**settings)) == label

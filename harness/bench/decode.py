@@ -12,7 +12,8 @@ Two tables, each measured in one run so that their ratios share the machine's st
    table prices the cache; the task table prices the threshold.
 
 A protocol is written RULE[+CACHE]: RULE is 'plain' (the fixed schedule at one token per step), 'default' (the
-evaluation protocol as configured), 'threshold=TAU' or 'factor=F' (Fast-dLLM's rules); CACHE is 'prefix' or 'dual'.
+evaluation protocol as configured), 'ass' (CJ-GRPO's ascending step sizes), 'threshold=TAU' or 'factor=F' (Fast-dLLM's
+rules); CACHE is 'prefix' or 'dual'.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from harness.loop.evaluate import evaluate
 from harness.loop.stats import paired_bootstrap
 from harness.model.kv_cache import DUAL, PREFIX
 from harness.model.policy import Policy
-from harness.model.rollout import FACTOR, SCHEDULE, THRESHOLD, RolloutConfig, generate
+from harness.model.rollout import ASS, FACTOR, SCHEDULE, THRESHOLD, RolloutConfig, generate
 from harness.model.structs import ROLLOUT_STREAM, generators, row_seeds
 from harness.report.learn_summary import pct_ci
 
@@ -72,6 +73,8 @@ def protocol_config(text: str, base: RolloutConfig, where: str = "--protocols") 
             config = dataclasses.replace(base, decode=SCHEDULE, steps=base.gen_length)
         elif name == DEFAULT and not value:
             config = base
+        elif name == ASS and not value:
+            config = dataclasses.replace(base, decode=ASS)
         elif name == THRESHOLD:
             config = dataclasses.replace(base, decode=THRESHOLD, threshold=float(value))
         elif name == FACTOR:
@@ -83,8 +86,8 @@ def protocol_config(text: str, base: RolloutConfig, where: str = "--protocols") 
         config = dataclasses.replace(config, cache=cache or config.cache)
         config.validate()
     except ValueError as error:
-        raise ValueError(f"{where} {text!r}: {error} (RULE[+CACHE]: RULE plain, default, threshold=TAU or "
-                         f"factor=F; CACHE prefix or dual)") from None
+        raise ValueError(f"{where} {text!r}: {error} (RULE[+CACHE]: RULE plain, default, ass, threshold=TAU "
+                         f"or factor=F; CACHE prefix or dual)") from None
     return config
 
 
@@ -207,6 +210,8 @@ def check_protocols(bench: DecodeBench, base: RolloutConfig) -> None:
 def describe(cfg: RolloutConfig) -> str:
     """A rollout protocol in words: 'gen 24, block 8, 12 steps (2 tokens/step), greedy'."""
     rule = (f"{cfg.steps} steps ({cfg.gen_length / cfg.steps:g} tokens/step)" if cfg.decode == SCHEDULE else
+            "ascending steps (1, 2, 4, ... per block)" if cfg.decode == ASS else
             f"{cfg.decode} {cfg.threshold if cfg.decode == THRESHOLD else cfg.factor:g}")
+    rule += f", EOSER {cfg.eos_gamma_min:g}" if cfg.eos_gamma_min != 1 else ""
     temperature = "greedy" if cfg.temperature == 0 else f"temperature {cfg.temperature:g}"
     return f"gen {cfg.gen_length}, block {cfg.block_length}, {rule}, {temperature}, cache {cfg.cache}"

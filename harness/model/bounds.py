@@ -1,11 +1,11 @@
 """Bounds of config fields: declared once, beside the field, and checked by one function.
 
-A field states its valid values in its metadata, ``field(default=1, metadata={"min": 1})`` or ``metadata={"choices":
-ESTIMATORS}``, and nowhere else. ``check_bounds`` holds a config (and the configs nested in it) to them where configs
-are validated (``validate()``, which adds only the rules between fields, a sweep's ``validate_spec``, and the
-``__post_init__`` of configs built deep inside others, such as ``ElboConfig``); harness/runs/settings.py holds each
-flag and sweep-file value to the same metadata as it is parsed, so the error names the flag. This module sits at the
-lowest level so that every config can import it.
+A field states its valid values in its metadata, ``field(default=1, metadata={"min": 1})`` (``"max"`` too) or
+``metadata={"choices": ESTIMATORS}``, and nowhere else. ``check_bounds`` holds a config (and the configs nested in
+it) to them where configs are validated (``validate()``, which adds only the rules between fields, a sweep's
+``validate_spec``, and the ``__post_init__`` of configs built deep inside others, such as ``ElboConfig``);
+harness/runs/settings.py holds each flag and sweep-file value to the same metadata as it is parsed, so the error names
+the flag. This module sits at the lowest level so that every config can import it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def bound_problem(value: Any, bounds: Mapping[str, Any]) -> str | None:
         return None
     if "min" in bounds and value < bounds["min"]:
         return f"{KIND_NAMES.get(type(value), 'a value')} >= {bounds['min']}"
+    if "max" in bounds and value > bounds["max"]:
+        return f"{KIND_NAMES.get(type(value), 'a value')} <= {bounds['max']}"
     if "choices" in bounds and value not in bounds["choices"]:
         return f"one of {', '.join(map(str, bounds['choices']))}"
     return None

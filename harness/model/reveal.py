@@ -1,4 +1,5 @@
-"""How many masked tokens a denoising step reveals, and which: LLaDA's fixed schedule and Fast-dLLM's rules.
+"""How many masked tokens a denoising step reveals, and which: LLaDA's fixed schedule, CJ-GRPO's ascending step sizes
+and EOS early rejection, and Fast-dLLM's rules.
 
 Rules read the confidence c_i of each masked position of the current block (the softmax probability of its sampled
 token) and return the positions to reveal as a bool mask; see ``rollout.py`` for the sampler around them.
@@ -48,6 +49,42 @@ def reveal_schedule(masked_per_row: torch.Tensor, steps: int) -> torch.Tensor:
     m = masked_per_row.long().unsqueeze(1)  # [N, 1]
     step_index = torch.arange(steps, device=m.device).unsqueeze(0)  # [1, S]
     return m // steps + (step_index < m % steps).long()  # [N, S]
+
+
+def ass_steps(block_length: int) -> int:
+    """S_b, the steps of a block of B positions under ASS: floor(log2 B) as CJ-GRPO's code computes it (7 for 128 and
+    for 255), at least 1 (its code would take no step at B = 1)."""
+    return max(1, block_length.bit_length() - 1)
+
+
+def ass_schedule(masked_per_row: torch.Tensor, block_length: int) -> torch.Tensor:
+    """CJ-GRPO's ascending step sizes (arXiv 2509.23924, ASS; its code's ``get_num_transfer_tokens_ass``): step i of
+    a block reveals 2^i tokens, its last step (of ``ass_steps(B)``) the remainder; [N] -> [N, S_b] long, rows sum to
+    m. Example: m = B = 128 -> [1, 2, 4, 8, 16, 32, 65]. A row with fewer masks than B (never in the sampler, whose
+    blocks start fully masked) stops early: m = 5, B = 8 -> [1, 2, 2]."""
+    m = masked_per_row.long().unsqueeze(1)  # [N, 1]
+    steps = ass_steps(block_length)
+    step_index = torch.arange(steps, device=m.device).unsqueeze(0)  # [1, S]
+    done = torch.where(step_index == steps - 1, m, torch.minimum(2 ** (step_index + 1) - 1, m))  # [N, S], cumulative
+    return done.diff(dim=1, prepend=torch.zeros_like(m))  # [N, S]
+
+
+def eos_gamma(gamma_min: float, step: int, steps: int, ascending: bool = False) -> float:
+    """EOSER's factor on an EOS candidate's confidence at ``step`` of a block's ``steps`` (CJ-GRPO's code: ``sampling``,
+    ``ass_sampling``): linear, gamma_min + (1 - gamma_min) i / (S - 1), up to 1 at the last step; ``ascending`` (ASS),
+    gamma_min + (1 - gamma_min)(2^(i+1) - 1) / 2^S, the share of the block revealed by the step's end. 1 when S = 1.
+    i and S count a block's steps (its training decodes one block; its ``eoser_generate`` divides a block's step by
+    all steps, so with several blocks gamma never reaches 1 there)."""
+    if steps <= 1:
+        return 1.0
+    t = (2 ** (step + 1) - 1) / 2 ** steps if ascending else step / (steps - 1)
+    return gamma_min + (1 - gamma_min) * t
+
+
+def reject_eos(confidence: torch.Tensor, x0: torch.Tensor, stops: torch.Tensor, gamma: float) -> torch.Tensor:
+    """EOS early rejection: the confidences [N, Lb] with those whose candidate x0 [N, Lb] is a stop id (``stops`` [K])
+    scaled by ``gamma``, so the ranking reveals them later."""
+    return torch.where(torch.isin(x0, stops), confidence * gamma, confidence)
 
 
 def top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

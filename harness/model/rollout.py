@@ -52,6 +52,11 @@ Departures from LLaDA's ``generate.py``, each deliberate:
    step is a full forward that refreshes the cache, its other steps run on a window of positions against it.
 13. Every rollout records its trajectory (``Rollout.trajectory``, ``trajectory.py``): the row's step that committed
    each position and the committed token's log-probability under the conditional sampled from.
+14. CJ-GRPO (arXiv 2509.23924; its code's ``cj_grpo_trainer_eoser*.py``): ``decode='ass'`` reveals 2^i tokens at a
+   block's step i (``reveal.ass_schedule``). EOSER (``eos_gamma_min`` < 1) scales the ranking confidence of stop-token
+   candidates (``policy.stop_ids``; its code: the EOS id only) by gamma rising to 1 over a block's steps
+   (``reveal.eos_gamma``), never the conditional sampled from. Its code peels off blocks of powers of two
+   (``get_block_sizes``) and trains on one block; here blocks keep ``block_length``, ASS and gamma restart in each.
 """
 
 from __future__ import annotations
@@ -67,12 +72,24 @@ from harness.model.bounds import check_bounds
 from harness.model.elbo import micro_batches
 from harness.model.kv_cache import BLOCK_REFRESH, CACHES, NO_CACHE, REFRESHES, BlockCache
 from harness.model.predictor import MaskPredictor
-from harness.model.reveal import cap_reveal, factor_rule, reveal_schedule, threshold_rule, top_k_mask
+from harness.model.reveal import (
+    ass_schedule,
+    cap_reveal,
+    eos_gamma,
+    factor_rule,
+    reject_eos,
+    reveal_schedule,
+    threshold_rule,
+    top_k_mask,
+)
 from harness.model.structs import DecodeStats, Rollout, Trajectory
 from harness.model.trajectory import TrajectoryRecorder, behaviour_logprobs
 
-DECODE_RULES = SCHEDULE, THRESHOLD, FACTOR = ("schedule", "threshold", "factor")
-"""How many tokens a step reveals: LLaDA's fixed schedule, or Fast-dLLM's threshold or factor rule."""
+DECODE_RULES = SCHEDULE, THRESHOLD, FACTOR, ASS = ("schedule", "threshold", "factor", "ass")
+"""How many tokens a step reveals: LLaDA's fixed schedule, Fast-dLLM's threshold or factor rule, or CJ-GRPO's
+ascending step sizes (fixed too)."""
+PARALLEL_RULES = (THRESHOLD, FACTOR)
+"""The rules that read the confidence to decide how many tokens a step reveals."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,8 @@ class RolloutConfig:
     block_length: int = field(default=8, metadata={"min": 1})
     """Semi-autoregressive block size; must divide gen_length."""
     steps: int = field(default=12, metadata={"min": 1})
-    """Total denoising steps; steps / (gen_length / block_length) per block, must divide evenly."""
+    """Total denoising steps; steps / (gen_length / block_length) per block, must divide evenly (decode='schedule';
+    'threshold' and 'factor' only validate it, 'ass' ignores it)."""
     temperature: float = field(default=0.0, metadata={"min": 0})
     """Gumbel-max temperature; 0 is greedy."""
     remasking: str = field(default="low_confidence", metadata={"choices": ("low_confidence", "random")})
@@ -93,8 +111,9 @@ class RolloutConfig:
     """Rows decoded together (0 = all); a memory knob only, rows never interact."""
     decode: str = field(default=SCHEDULE, metadata={"choices": DECODE_RULES})
     """Tokens revealed per step: 'schedule' (the fixed count set by steps), 'threshold' or 'factor' (Fast-dLLM's rules
-    on the confidence, at least one token per step). The last two denoise each block until it has no mask, so their
-    forward passes depend on the model: steps is then only validated, never used."""
+    on the confidence, at least one token per step), 'ass' (CJ-GRPO's ascending step sizes: 1, 2, 4, ... and the
+    remainder, floor(log2 block_length) steps per block, steps unused). 'threshold' and 'factor' denoise each block
+    until it has no mask, so their forward passes depend on the model: steps is then only validated, never used."""
     threshold: float = field(default=0.9, metadata={"min": 0})
     """tau of decode='threshold': reveal every masked token of the block whose confidence is >= tau (Fast-dLLM's
     default 0.9; 1.0 reveals one token per step)."""
@@ -104,6 +123,10 @@ class RolloutConfig:
     max_tokens_per_step: int = field(default=0, metadata={"min": 0})
     """With 'threshold' or 'factor': reveal at most this many tokens per row and step, the most confident (0 = no
     cap; 'schedule' ignores it)."""
+    eos_gamma_min: float = field(default=1.0, metadata={"min": 0, "max": 1})
+    """EOSER (CJ-GRPO): the factor on a stop-token candidate's ranking confidence at a block's first step, rising
+    linearly to 1 over its steps (with 'ass': by the share revealed); 1 = off. CJ-GRPO's default 0.4, its train.yaml
+    0.01. Fixed schedules ('schedule', 'ass') with remasking='low_confidence' only."""
     cache: str = field(default=NO_CACHE, metadata={"choices": CACHES})
     """Fast-dLLM's block-wise KV cache (kv_cache.py): 'prefix' keeps the prompt and finished blocks, 'dual' also the
     masked suffix; refreshed by the block's first forward. Approximate (cached keys go stale inside a block); needs
@@ -119,9 +142,12 @@ class RolloutConfig:
         if self.gen_length % self.block_length:
             raise ValueError(f"block_length={self.block_length} must divide gen_length={self.gen_length}")
         blocks = self.gen_length // self.block_length
-        if self.steps % blocks:
+        if self.steps % blocks and self.decode != ASS:
             raise ValueError(f"steps={self.steps} must be a multiple of the number of blocks ({blocks})")
-        if self.decode != SCHEDULE and self.remasking == RANDOM:
+        if self.eos_gamma_min != 1 and (self.decode in PARALLEL_RULES or self.remasking == RANDOM):
+            raise ValueError(f"eos_gamma_min={self.eos_gamma_min} scales the confidence a fixed schedule ranks by: it "
+                             f"needs decode='{SCHEDULE}' or '{ASS}' and remasking='{LOW_CONFIDENCE}'")
+        if self.decode in PARALLEL_RULES and self.remasking == RANDOM:
             raise ValueError(f"decode={self.decode!r} reads the model's confidence: it needs remasking="
                              f"'{LOW_CONFIDENCE}', not '{RANDOM}'")
 
@@ -205,6 +231,7 @@ def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask
 
     cache = BlockCache(policy.predictor, cfg.cache, attention_mask, cfg.cache_refresh) if cfg.cache != NO_CACHE \
         else None
+    stops = torch.tensor(policy.stop_ids, dtype=torch.long, device=device)  # [K], EOSER's EOS candidates
 
     def forward(block: slice) -> torch.Tensor:  # the block's logits [n, Lb, V]: through the cache, if any
         return cache.logits(x, block) if cache else policy.logits(x, attention_mask, block)
@@ -214,18 +241,21 @@ def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask
     for block in range(num_blocks):
         start = p + block * cfg.block_length
         block_slice = slice(start, start + cfg.block_length)
-        if cfg.decode != SCHEDULE:  # until the block has no mask in any row: one host sync per step
+        if cfg.decode in PARALLEL_RULES:  # until the block has no mask in any row: one host sync per step
             while any(rows := (x[:, block_slice] == policy.mask_id).any(dim=1).tolist()):
                 revealed.append(recorder.record(block_slice, *_denoise_step(
                     forward(block_slice), x, block_slice, None, cfg, generator, policy.mask_id, rows)))
             continue
         masked_per_row = (x[:, block_slice] == policy.mask_id).sum(dim=1)  # [N]
-        schedule = reveal_schedule(masked_per_row, steps_per_block)  # [N, S]
+        schedule = ass_schedule(masked_per_row, cfg.block_length) if cfg.decode == ASS else \
+            reveal_schedule(masked_per_row, steps_per_block)  # [N, S]
         active = schedule.any(dim=0).tolist()  # one host sync per block, not per step
-        for step in range(steps_per_block):
+        for step in range(len(active)):
             if active[step]:
+                gamma = eos_gamma(cfg.eos_gamma_min, step, len(active), ascending=cfg.decode == ASS)
                 revealed.append(recorder.record(block_slice, *_denoise_step(
-                    forward(block_slice), x, block_slice, schedule[:, step], cfg, generator, policy.mask_id)))
+                    forward(block_slice), x, block_slice, schedule[:, step], cfg, generator, policy.mask_id,
+                    eos=(stops, gamma) if cfg.eos_gamma_min != 1 else None)))
 
     counts = torch.stack(revealed) if revealed else torch.zeros(0, n, dtype=torch.long)  # [F, n]
     positions = cache.positions if cache else len(revealed) * x.numel()
@@ -235,16 +265,19 @@ def _generate_rows(policy: SamplingPolicy, prompt_ids: torch.Tensor, prompt_mask
 
 
 def _denoise_step(logits: torch.Tensor, x: torch.Tensor, block_slice: slice, reveal_counts: torch.Tensor | None,
-                  cfg: RolloutConfig, generator: Generators, mask_id: int,
-                  rows: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  cfg: RolloutConfig, generator: Generators, mask_id: int, rows: Sequence[bool] | None = None,
+                  eos: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One reverse step in place on x [N, T] from the block's logits [N, Lb, V]: reveal ``reveal_counts`` [N] masked
     tokens of the block per row (None: the tokens ``cfg.decode``'s rule picks, drawing noise only for the ``rows``
-    still masked). Returns the positions revealed [N, Lb] and the sampled tokens' log-probabilities under the
-    sampler's conditional [N, Lb] (``trajectory.behaviour_logprobs``)."""
+    still masked), ranked by confidence scaled at stop-token candidates by EOSER's ``eos`` (stop ids [K], gamma).
+    Returns the positions revealed [N, Lb] and the sampled tokens' log-probabilities under the sampler's conditional
+    [N, Lb] (``trajectory.behaviour_logprobs``)."""
     mask_column = torch.tensor([mask_id], device=logits.device)
     logits = logits.to(SAMPLING_DTYPE).index_fill(-1, mask_column, float("-inf"))  # [N, Lb, V], a fresh copy
     x0, confidence = sample_tokens(logits, cfg.temperature, generator, rows)  # [N, Lb], [N, Lb]
     logp = behaviour_logprobs(logits, x0, confidence, cfg.temperature)  # [N, Lb]
+    if eos is not None:  # after logp: EOSER changes the ranking only, never the conditional sampled from
+        confidence = reject_eos(confidence, x0, *eos)  # [N, Lb]
     if cfg.remasking == RANDOM:
         confidence = _uniform(confidence.shape, generator, confidence.device)  # [N, Lb]
     block = x[:, block_slice]  # [N, Lb], a view into x

@@ -19,7 +19,7 @@ from harness.loop.evaluate import EvalConfig
 from harness.loop.trainer import TrainConfig
 from harness.model.kv_cache import BLOCK_REFRESH, NO_CACHE
 from harness.model.policy import PolicyConfig
-from harness.model.rollout import SCHEDULE, THRESHOLD, RolloutConfig
+from harness.model.rollout import PARALLEL_RULES, SCHEDULE, THRESHOLD, RolloutConfig
 
 RANDOMNESS = "per-row-v1"
 """Every sequence draws its rollout noise, ELBO draws and prompt masks from the seed of its global row (issue #13).
@@ -65,14 +65,18 @@ class Arm(NamedTuple):
 
 def rollout_variant(rollout: RolloutConfig) -> str:
     """A short, filename-safe label of a training rollout's decoding, '' for the default (the fixed schedule, no
-    cache): 'threshold0.9', 'factor1', 'threshold0.9-cap4', 'threshold0.9+dual', 'schedule+prefix-step' (cache
-    rebuilt every step). Two runs that differ only in it are different arms, not seeds of one arm."""
+    EOSER, no cache): 'threshold0.9', 'factor1', 'threshold0.9-cap4', 'threshold0.9+dual', 'schedule+prefix-step'
+    (cache rebuilt every step), 'ass', 'eoser0.4' (the schedule with EOSER), 'ass-eoser0.01'. Two runs that differ
+    only in it are different arms, not seeds of one arm."""
     decode = rollout.decode
-    if decode != SCHEDULE:
+    if decode in PARALLEL_RULES:
         decode += _number(rollout.threshold if decode == THRESHOLD else rollout.factor)
         decode += f"-cap{rollout.max_tokens_per_step}" if rollout.max_tokens_per_step else ""
+    if rollout.eos_gamma_min != 1:
+        eoser = f"eoser{_number(rollout.eos_gamma_min)}"
+        decode = eoser if decode == SCHEDULE else f"{decode}-{eoser}"
     if rollout.cache == NO_CACHE:
-        return "" if rollout.decode == SCHEDULE else decode
+        return "" if decode == SCHEDULE else decode
     return f"{decode}+{rollout.cache}" + ("" if rollout.cache_refresh == BLOCK_REFRESH else f"-{rollout.cache_refresh}")
 
 
@@ -234,10 +238,10 @@ NOT_PROTOCOL = ("data_dir", "threads", "checkpoint")
 """Config fields that do not change a run's numbers: where the data lives, the torch thread count, and how often
 the state is saved and what is exported (a resumed run equals an uninterrupted one)."""
 ROLLOUT_OPTIONS = (("decode", SCHEDULE, ("decode", "threshold", "factor", "max_tokens_per_step")),
-                   ("cache", NO_CACHE, ("cache", "cache_refresh")))
-"""A rollout config's decoding rule and its KV cache, each with its settings (issue #23): (switch, off value, keys).
-The keys are hashed unless the switch is off (the fixed schedule, no cache), so such runs keep the fingerprints they
-had before the settings existed (nothing reads them then)."""
+                   ("cache", NO_CACHE, ("cache", "cache_refresh")), ("eos_gamma_min", 1.0, ("eos_gamma_min",)))
+"""A rollout config's decoding rule and its KV cache, each with its settings (issue #23), and EOSER (issue #24):
+(switch, off value, keys). The keys are hashed unless the switch is off (the fixed schedule, no cache, no EOSER), so
+such runs keep the fingerprints they had before the settings existed (nothing reads them then)."""
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
