@@ -215,6 +215,10 @@ def memory_markdown(result: dict[str, Any]) -> str:
     lines += [f"- {c['objective']}, n_t = {c['n_t'] if c['n_t'] is not None else '-'}: peak total without chunked "
               f"log-probabilities / with chunks of {c['logits_chunk']} tokens = **{c['ratio']:.2f}x**"
               for c in result["chunk_ratios"]]
+    if result.get("window_rows"):
+        from harness.bench.windows import windows_markdown
+
+        lines += windows_markdown(result)
     return "\n".join(lines) + "\n"
 
 

@@ -136,8 +136,28 @@ def run_memory(spec: SweepSpec, options: UpdateBench, out: Path) -> None:
     result = {"model": label, "dtype": spec.policy.dtype, "batch": described, "n_t": nts, "logits_chunks": chunks,
               "repeats": options.repeats, "rows": rows, "activation_growth": bench.growth_ratios(rows),
               "chunk_ratios": bench.chunk_ratios(rows), **environment(dev)}
+    result |= windows_table(spec, names, load, batch, nts, dev)
     stem = options.name or ("memory" if spec.model == "tiny" else f"memory-{label}")
     write_outputs(out / "bench", stem, result, bench.memory_markdown(result))
+
+
+def windows_table(spec: SweepSpec, names: list[str], load: Any, batch: Any, nts: list[int], dev: Any
+                  ) -> dict[str, Any]:
+    """The trajectory objectives' peak vs the windows they score (harness/bench/windows.py; the counts are --nt's)."""
+    from harness.bench import memory as bench
+    from harness.bench import windows
+
+    windowed = [name for name in windows.WINDOWED if name in names]
+    if not windowed:
+        return {}
+    if spec.model == "tiny":  # the Sudoku batch has 24 completion tokens: too few for 32 windows
+        batch = bench.synthetic_batch(load(), 8, 32, 64)
+    with console.status(f"measuring one update per (trajectory objective, windows {', '.join(map(str, nts))})"):
+        rows = windows.window_rows(load, batch, windowed, nts, dev)
+    shape = batch.rollout.completion_ids.shape
+    described = (f"Synthetic batch: {shape[0]} sequences of {batch.rollout.prompt_ids.shape[1]} prompt + {shape[1]} "
+                 f"completion tokens.")
+    return {"windows_batch": described, "window_rows": rows, "window_growth": windows.window_growth(rows)}
 
 
 command(bench_app, "memory")(bench_command(
@@ -146,7 +166,8 @@ command(bench_app, "memory")(bench_command(
      "shape or a folder the batch is synthetic, --sequences x (--prompt-length + --rollout-gen-length) tokens. "
      "--objectives takes 'all' (every objective, plus the all-graphs form of those with a flat option) and "
      "NAME@key=value variants (spg@flat=false); --nt is measured ascending until out of memory; a comma list of "
-     "--logits-chunk is each measured (0 = the whole batch's logits at once)."),
+     "--logits-chunk is each measured (0 = the whole batch's logits at once). The trajectory objectives get a "
+     "second table: the peak vs the windows they score, --nt's values as the window counts."),
     run_memory, UpdateBench(), MEMORY_RECIPE, MEMORY_SETTINGS, grids=("logits_chunk",)))
 
 
