@@ -103,7 +103,8 @@ def windows_markdown(result: dict[str, Any]) -> list[str]:
              f"{result['windows_batch']} Each window is one forward and one backward: the peak should not grow with "
              "the windows (issue #24's bar: at most 1.10x the one-window peak at 32). The peak total also holds the "
              "gradients, which one window's update never has alongside its activations.", "",
-             "| objective | windows | outcome | peak activations MB | peak total MB | update s |", "|---|---|---|---|---|---|"]
+             "| objective | windows | outcome | peak activations MB | peak total MB | update s |",
+             "|---|---|---|---|---|---|"]
     for r in result["window_rows"]:
         cells = [r["objective"], str(r["windows"]), r["outcome"]]
         cells += [f"{r[k]:.1f}" if k in r else "-" for k in (metrics.PEAK_ACTIVATIONS_MB, metrics.PEAK_TOTAL_MB)]
