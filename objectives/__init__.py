@@ -2,6 +2,7 @@
 
 from objectives.bgpo import BGPO
 from objectives.cj_grpo import CJGRPO
+from objectives.coupled_grpo import CoupledGRPO
 from objectives.diffu_grpo import DiffuGRPO
 from objectives.espo import ESPO
 from objectives.gdpo import GDPO
@@ -20,4 +21,5 @@ OBJECTIVES: dict[str, type] = {
     "wd1": WD1,
     "gdpo": GDPO,
     "cj-grpo": CJGRPO,
+    "coupled-grpo": CoupledGRPO,
 }

@@ -29,8 +29,8 @@ from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 from harness.model.trajectory import window_logprobs
-from objectives.base import CLIP_HIGH_MEAN, CLIP_LOW_MEAN, TRAJECTORY_MISMATCH, LossTerm
-from objectives.common import k3_kl, masked_mean, ppo_surrogate
+from objectives.base import TRAJECTORY_MISMATCH, LossTerm
+from objectives.common import masked_mean, token_ppo
 
 Window = tuple[int, int]
 """Steps [lo, hi) of the rows' trajectories."""
@@ -79,17 +79,12 @@ def window_loss_terms(policy: Policy, prepared: WindowBatch, inner: int, clip_ep
             logp, window = window_logprobs(policy, batch.rollout, lo, hi, rows)  # [n, L]
             scored = window & answer[rows]  # [n, L]
             old = logp.detach() if inner == 0 else prepared.old_logps[inner - 1][index][rows].to(logp)
-            ratio = torch.exp(logp - old)  # [n, L]
             adv = batch.advantages[rows].to(logp).unsqueeze(1)  # [n, 1]
-            per_token = -ppo_surrogate(ratio, adv, clip_eps)  # [n, L]
-            stats = {CLIP_LOW_MEAN: masked_mean((ratio < 1 - clip_eps) & (adv < 0), scored),
-                     CLIP_HIGH_MEAN: masked_mean((ratio > 1 + clip_eps) & (adv > 0), scored)}
+            ref = prepared.ref_logps[index]
+            per_token, stats = token_ppo(logp, old, adv, scored, clip_eps, beta,
+                                         None if ref is None else ref[rows])  # [n, L]
             if inner == 0:
                 stats[TRAJECTORY_MISMATCH] = masked_mean(behaviour[rows].to(logp) - logp.detach(), scored)
-            if beta > 0 and prepared.ref_logps[index] is not None:
-                kl = k3_kl(logp, prepared.ref_logps[index][rows].to(logp))  # [n, L]
-                per_token = per_token + beta * kl
-                stats["kl"] = masked_mean(kl.detach(), scored)
             tokens = window_tokens(prepared, index)
             yield LossTerm(prepared.scale * (per_token * scored).sum() / tokens / len(prepared.windows), stats)
 
