@@ -2,6 +2,7 @@
 
 from objectives.bgpo import BGPO
 from objectives.cj_grpo import CJGRPO
+from objectives.coupled_grpo import CoupledGRPO
 from objectives.d2_stepmerge import D2StepMerge
 from objectives.diffu_grpo import DiffuGRPO
 from objectives.espo import ESPO
@@ -26,4 +27,5 @@ OBJECTIVES: dict[str, type] = {
     "tracerl": TraceRL,
     "d2-stepmerge": D2StepMerge,
     "justgrpo": JustGRPO,
+    "coupled-grpo": CoupledGRPO,
 }

@@ -16,6 +16,7 @@ import torch
 from harness.model.elbo import Draws, ElboConfig, answer_mask, draw_terms, for_rollout, micro_batches, sample_draws
 from harness.model.policy import Policy
 from harness.model.structs import DRAWS_STREAM, PROMPT_MASK_STREAM, Batch, generators
+from objectives.base import CLIP_HIGH_MEAN, CLIP_LOW_MEAN
 
 
 def ppo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float | None) -> torch.Tensor:
@@ -36,6 +37,21 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
     delta = ref_logp - logp
     return torch.exp(delta) - delta - 1
+
+
+def token_ppo(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip_eps: float,
+              beta: float, ref: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token -min(rho A, clip(rho, 1 +- eps) A) + beta k3(pi || ref), rho = exp(logp - old): [n, L], and its
+    stats over ``mask`` (the clipped fractions, TRL's names, and the mean k3 when there is a reference)."""
+    ratio = torch.exp(logp - old)  # [n, L]
+    per_token = -ppo_surrogate(ratio, adv, clip_eps)  # [n, L]
+    stats = {CLIP_LOW_MEAN: masked_mean((ratio < 1 - clip_eps) & (adv < 0), mask),
+             CLIP_HIGH_MEAN: masked_mean((ratio > 1 + clip_eps) & (adv > 0), mask)}
+    if beta > 0 and ref is not None:
+        kl = k3_kl(logp, ref.to(logp))  # [n, L]
+        per_token = per_token + beta * kl
+        stats["kl"] = masked_mean(kl.detach(), mask)
+    return per_token, stats
 
 
 def one_step_input(policy: Policy, batch: Batch, inner: int, p_mask_prompt: float) -> torch.Tensor:

@@ -29,8 +29,8 @@ from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 from objectives.advantages import group_advantages
-from objectives.base import CLIP_HIGH_MEAN, CLIP_LOW_MEAN, LossTerm
-from objectives.common import k3_kl, masked_mean, one_step_input, one_step_logprobs, ppo_surrogate
+from objectives.base import LossTerm
+from objectives.common import one_step_input, one_step_logprobs, token_ppo
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,8 @@ class DiffuGRPO:
             logp = one_step_logprobs(policy, batch, ids, rows)  # [n, L]
             old = prepared.old_logps[inner]
             old = logp.detach() if old is None else old[rows]  # [n, L]
-            ratio = torch.exp(logp - old)  # [n, L]
             adv = batch.advantages[rows].to(logp).unsqueeze(1)  # [n, 1]
-            per_token = -ppo_surrogate(ratio, adv, cfg.clip_eps)  # [n, L]
-            mask = token_mask[rows]  # [n, L]
-            stats = {CLIP_LOW_MEAN: masked_mean((ratio < 1 - cfg.clip_eps) & (adv < 0), mask),
-                     CLIP_HIGH_MEAN: masked_mean((ratio > 1 + cfg.clip_eps) & (adv > 0), mask)}
-            if cfg.beta > 0:
-                kl = k3_kl(logp, prepared.ref_logps[inner][rows])  # [n, L]
-                per_token = per_token + cfg.beta * kl
-                stats["kl"] = masked_mean(kl.detach(), mask)
+            ref = prepared.ref_logps[inner]
+            per_token, stats = token_ppo(logp, old, adv, token_mask[rows], cfg.clip_eps, cfg.beta,
+                                         None if ref is None else ref[rows])  # [n, L]
             yield LossTerm((per_token * token_mask[rows]).sum() / total_tokens, stats)

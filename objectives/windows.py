@@ -31,8 +31,8 @@ from harness.model.elbo import micro_batches
 from harness.model.policy import Policy
 from harness.model.structs import Batch
 from harness.model.trajectory import window_logprobs
-from objectives.base import CLIP_HIGH_MEAN, CLIP_LOW_MEAN, TRAJECTORY_MISMATCH, LossTerm
-from objectives.common import k3_kl, masked_mean, ppo_surrogate
+from objectives.base import TRAJECTORY_MISMATCH, LossTerm
+from objectives.common import masked_mean, token_ppo
 
 Bound = int | torch.Tensor
 Window = tuple[Bound, Bound]
@@ -113,19 +113,12 @@ def window_loss_terms(policy: Policy, prepared: WindowBatch, inner: int, loss: W
             logp, window = window_logprobs(policy, batch.rollout, rows_of(lo, rows), rows_of(hi, rows), rows)
             scored = window & answer[rows]  # [n, L]
             old = logp.detach() if inner == 0 else prepared.old_logps[inner - 1][index][rows].to(logp)
-            ratio = torch.exp(logp - old)  # [n, L]
             adv = batch.advantages[rows].to(logp).unsqueeze(1)  # [n, 1]
-            per_token = -ppo_surrogate(ratio, adv, loss.clip_eps)  # [n, L]
-            stats = {CLIP_LOW_MEAN: masked_mean((ratio < 1 - loss.clip_eps) & (adv < 0), scored),
-                     CLIP_HIGH_MEAN: masked_mean((ratio > 1 + loss.clip_eps) & (adv > 0), scored)}
+            ref = prepared.ref_logps[inner][index]
+            anchor = old if loss.kl_to == "old" else None if ref is None else ref[rows]  # [n, L]
+            per_token, stats = token_ppo(logp, old, adv, scored, loss.clip_eps, loss.beta, anchor)  # [n, L]
             if inner == 0:
                 stats[TRAJECTORY_MISMATCH] = masked_mean(behaviour[rows].to(logp) - logp.detach(), scored)
-            ref = prepared.ref_logps[inner][index]
-            anchor = old if loss.kl_to == "old" else None if ref is None else ref[rows].to(logp)  # [n, L]
-            if loss.beta > 0 and anchor is not None:
-                kl = k3_kl(logp, anchor)  # [n, L]
-                per_token = per_token + loss.beta * kl
-                stats["kl"] = masked_mean(kl.detach(), scored)
             yield LossTerm((per_token * scored * weight[rows].to(logp)).sum(), stats)
 
 
