@@ -11,8 +11,9 @@ equally likely), with A = r - mean, eps = 0.5, beta = 0.04 to the base model (d1
 
 Departures: the segment is drawn per row and per update from the row's seed (the code cycles n = step mod N over
 micro-steps, so with 16 accumulation chunks chunk k always scores segment k mod 8); a row's segments cut its own
-steps (the same S for every row under the fixed schedule); the prompt is not masked (the code masks it with p = 0.15
-as d1 does, which would make the learner's conditional differ from the sampler's).
+steps (the same S for every row under the fixed schedule), in min(N, S) segments so that none is empty; the prompt
+is not masked (the code masks it with p = 0.15 as d1 does, which would make the learner's conditional differ from
+the sampler's).
 """
 
 from __future__ import annotations
@@ -41,14 +42,21 @@ class D2StepMergeConfig:
     """d2 uses r - mean only (d1)."""
 
 
+def segment_counts(batch: Batch, segments: int) -> torch.Tensor:
+    """Each row's segments: N, or its step count S when S < N (a segment is never empty) -> [N] long."""
+    steps = batch.rollout.trajectory.reveal_step.max(dim=1).values + 1  # [N] the row's own step count
+    return steps.clamp(min=1, max=segments)
+
+
 def segment_window(batch: Batch, segments: int, inner: int) -> Window:
-    """Each row's segment for update ``inner``: n uniform on {0..N-1} from the row's seed, bounds [S n / N,
-    S (n + 1) / N) of the row's own S steps -> ([N], [N])."""
-    reveal = batch.rollout.trajectory.reveal_step  # [N, L]
-    steps = reveal.max(dim=1).values + 1  # [N] the row's own step count
-    n = torch.tensor([int(torch.randint(segments, (1,), generator=g))
-                      for g in generators(batch.row_seeds, DRAWS_STREAM, inner)], device=steps.device)  # [N]
-    return steps * n // segments, steps * (n + 1) // segments
+    """Each row's segment for update ``inner``: n uniform on {0..N_i - 1} (N_i = ``segment_counts``) from the row's
+    seed, bounds [S n / N_i, S (n + 1) / N_i) of the row's own S steps -> ([N], [N])."""
+    steps = batch.rollout.trajectory.reveal_step.max(dim=1).values + 1  # [N]
+    counts = segment_counts(batch, segments)  # [N]
+    n = torch.tensor([int(torch.randint(int(c), (1,), generator=g)) for c, g in
+                      zip(counts.tolist(), generators(batch.row_seeds, DRAWS_STREAM, inner), strict=True)],
+                     device=steps.device)  # [N]
+    return steps * n // counts, steps * (n + 1) // counts
 
 
 class D2StepMerge:
@@ -67,10 +75,11 @@ class D2StepMerge:
         return self.config.beta > 0
 
     def prepare(self, policy: Policy, batch: Batch, mu: int) -> WindowBatch:
-        return prepare_windows(policy, batch, lambda inner: [segment_window(batch, self.config.segments, inner)],
-                               mu, reference=self.needs_reference)
+        segments = self.config.segments
+        return prepare_windows(policy, batch, lambda inner: [segment_window(batch, segments, inner)], mu,
+                               reference=self.needs_reference,
+                               row_weight=segment_counts(batch, segments).double().cpu())
 
     def loss_terms(self, policy: Policy, prepared: WindowBatch, inner: int) -> Iterator[LossTerm]:
-        cfg = self.config
-        loss = WindowLoss(cfg.clip_eps, cfg.beta, aggregate=TOKEN_MEAN, scale=float(cfg.segments))
+        loss = WindowLoss(self.config.clip_eps, self.config.beta, aggregate=TOKEN_MEAN)  # times N_i: row_weight
         return window_loss_terms(policy, prepared, inner, loss)

@@ -70,6 +70,7 @@ class WindowBatch:
     batch: Batch
     windows: list[list[Window]]  # per update, its windows
     keep: torch.Tensor  # [N] bool: rows in the loss (TraceRL's group filter drops whole groups)
+    row_weight: torch.Tensor  # [N] float64: multiplies each row's tokens (d2-StepMerge: the row's segment count)
     old_logps: list[list[torch.Tensor]]  # per update k >= 1, per window: [N, L] pi_old ([] for k = 0)
     ref_logps: list[list[torch.Tensor | None]]  # per update, per window: [N, L] pi_ref (None: no reference KL)
     row_pairs: list[float]  # per update: non-empty (row, window) pairs (the 'row' mean's denominator)
@@ -80,11 +81,13 @@ def rows_of(bound: Bound, rows: slice) -> Bound:
 
 
 def prepare_windows(policy: Policy, batch: Batch, windows_of: Callable[[int], Sequence[Window]], mu: int,
-                    reference: bool = False, keep: torch.Tensor | None = None) -> WindowBatch:
+                    reference: bool = False, keep: torch.Tensor | None = None,
+                    row_weight: torch.Tensor | None = None) -> WindowBatch:
     """Each update's windows (``windows_of(inner)``); old (mu > 1) and reference log-probs of every window, without
     grad, in the updates' micro-batches."""
     chunks = micro_batches(batch.advantages.numel(), batch.micro_batch_size)
     keep = torch.ones(batch.advantages.numel(), dtype=torch.bool) if keep is None else keep
+    row_weight = torch.ones(batch.advantages.numel(), dtype=torch.float64) if row_weight is None else row_weight
     windows = [list(windows_of(inner)) for inner in range(mu)]
 
     def scored(lo: Bound, hi: Bound, ref: bool) -> torch.Tensor:
@@ -97,7 +100,7 @@ def prepare_windows(policy: Policy, batch: Batch, windows_of: Callable[[int], Se
     answer = batch.rollout.completion_mask & keep.to(batch.rollout.completion_mask.device).unsqueeze(1)  # [N, L]
     pairs = [float(sum(int((batch.rollout.trajectory.window(lo, hi) & answer).any(1).sum()) for lo, hi in update))
              for update in windows]
-    return WindowBatch(batch, windows, keep, old, ref, pairs)
+    return WindowBatch(batch, windows, keep, row_weight, old, ref, pairs)
 
 
 def window_loss_terms(policy: Policy, prepared: WindowBatch, inner: int, loss: WindowLoss) -> Iterator[LossTerm]:
@@ -128,6 +131,7 @@ def token_weights(prepared: WindowBatch, inner: int, index: int, loss: WindowLos
     lo, hi = prepared.windows[inner][index]
     answer = batch.rollout.completion_mask & prepared.keep.to(batch.rollout.completion_mask.device).unsqueeze(1)
     scored = (batch.rollout.trajectory.window(lo, hi) & answer).double()  # [N, L]
+    scored = scored * prepared.row_weight.to(scored.device).unsqueeze(1)  # [N, L]
     if loss.aggregate == WINDOW_MEAN:
         return scored / scored.sum().clamp_min(1) / len(prepared.windows[inner]) * loss.scale
     if loss.aggregate == ROW_MEAN:

@@ -17,7 +17,7 @@ from harness.model.rollout import RolloutConfig, generate
 from harness.model.structs import ROLLOUT_STREAM, Trajectory, generators, row_seeds
 from harness.runs.config import RunConfig
 from objectives import OBJECTIVES
-from objectives.d2_stepmerge import D2StepMerge, D2StepMergeConfig, segment_window
+from objectives.d2_stepmerge import D2StepMerge, D2StepMergeConfig, segment_counts, segment_window
 from objectives.justgrpo import JustGRPO, JustGRPOConfig, left_to_right
 from objectives.tracerl import TraceRL, TraceRLConfig
 from objectives.windows import TOKEN_MEAN, WindowLoss, prepare_windows, step_windows, window_loss_terms
@@ -104,6 +104,16 @@ def test_d2_rows_and_updates_draw_their_own_segments() -> None:
     lo1, _ = segment_window(batch, 8, inner=1)
     assert len(set(lo0.tolist())) > 1  # the same trajectory, other rows: other segments (DARE's seed-42 pitfall)
     assert not torch.equal(lo0, lo1)
+
+
+def test_d2_never_scores_an_empty_segment() -> None:
+    # Row 3 has four steps, the others two: with N = 8 each row is cut into min(N, S) segments, all non-empty, and
+    # weighs that count (the estimate stays N_i x one segment).
+    batch = trajectory_batch([1.0, -1.0, 0.5, -0.5])
+    for inner in range(6):
+        lo, hi = segment_window(batch, 8, inner)
+        assert ((hi - lo) == 1).all()
+    assert segment_counts(batch, 8).tolist() == [2, 2, 2, 4]
 
 
 @pytest.fixture(scope="module")
