@@ -40,8 +40,8 @@ Window = tuple[Bound, Bound]
 AGGREGATES = WINDOW_MEAN, ROW_MEAN, TOKEN_MEAN = ("window", "row", "token")
 """How scored tokens are averaged. 'window' (CJ-GRPO): each window's token mean over the batch, averaged over the
 windows. 'row' (TraceRL): each (row, window) pair's token mean, averaged over the non-empty pairs. 'token' (d2,
-JustGRPO as DARE runs it): the sum over every window's tokens over the global batch's answer tokens, times
-``scale``."""
+JustGRPO as DARE runs it): the sum over every window's tokens over the global batch's answer tokens. A row's
+tokens may weigh more (``row_weight``: d2-StepMerge's segment count)."""
 KL_TO = ("reference", "old")
 """What the k3 term pulls towards: the reference (base) model, or the old policy (TraceRL's trust region)."""
 
@@ -59,7 +59,6 @@ class WindowLoss:
     beta: float
     kl_to: str = "reference"
     aggregate: str = WINDOW_MEAN
-    scale: float = 1.0  # multiplies every window's loss (d2-StepMerge: one of N segments scored, times N)
 
 
 @dataclass
@@ -74,6 +73,12 @@ class WindowBatch:
     old_logps: list[list[torch.Tensor]]  # per update k >= 1, per window: [N, L] pi_old ([] for k = 0)
     ref_logps: list[list[torch.Tensor | None]]  # per update, per window: [N, L] pi_ref (None: no reference KL)
     row_pairs: list[float]  # per update: non-empty (row, window) pairs (the 'row' mean's denominator)
+
+    @property
+    def answer(self) -> torch.Tensor:
+        """[N, L] bool: the tokens that can be scored, the answers (up to the first EOS) of the rows kept."""
+        mask = self.batch.rollout.completion_mask
+        return mask & self.keep.to(mask.device).unsqueeze(1)
 
 
 def rows_of(bound: Bound, rows: slice) -> Bound:
@@ -97,17 +102,16 @@ def prepare_windows(policy: Policy, batch: Batch, windows_of: Callable[[int], Se
 
     old = [[scored(lo, hi, False) for lo, hi in windows[inner]] for inner in range(1, mu)]
     ref = [[scored(lo, hi, True) if reference else None for lo, hi in update] for update in windows]
-    answer = batch.rollout.completion_mask & keep.to(batch.rollout.completion_mask.device).unsqueeze(1)  # [N, L]
-    pairs = [float(sum(int((batch.rollout.trajectory.window(lo, hi) & answer).any(1).sum()) for lo, hi in update))
-             for update in windows]
-    return WindowBatch(batch, windows, keep, row_weight, old, ref, pairs)
+    prepared = WindowBatch(batch, windows, keep, row_weight, old, ref, [])
+    prepared.row_pairs = [float(sum(int((batch.rollout.trajectory.window(lo, hi) & prepared.answer).any(1).sum())
+                                    for lo, hi in update)) for update in windows]
+    return prepared
 
 
 def window_loss_terms(policy: Policy, prepared: WindowBatch, inner: int, loss: WindowLoss) -> Iterator[LossTerm]:
     """One term per (window, micro-batch): -min(rho A, clip(rho) A) + beta k3 per scored token, averaged as
     ``loss.aggregate`` says."""
-    batch = prepared.batch
-    answer = batch.rollout.completion_mask & prepared.keep.to(batch.rollout.completion_mask.device).unsqueeze(1)
+    batch, answer = prepared.batch, prepared.answer  # [N, L]
     behaviour = batch.rollout.trajectory.behaviour_logp  # [N, L]
     windows = prepared.windows[inner]
     for index, (lo, hi) in enumerate(windows):
@@ -129,11 +133,10 @@ def token_weights(prepared: WindowBatch, inner: int, index: int, loss: WindowLos
     """What each scored token of window ``index`` of update ``inner`` weighs in the loss: [N, L] float64."""
     batch = prepared.batch
     lo, hi = prepared.windows[inner][index]
-    answer = batch.rollout.completion_mask & prepared.keep.to(batch.rollout.completion_mask.device).unsqueeze(1)
-    scored = (batch.rollout.trajectory.window(lo, hi) & answer).double()  # [N, L]
+    scored = (batch.rollout.trajectory.window(lo, hi) & prepared.answer).double()  # [N, L]
     scored = scored * prepared.row_weight.to(scored.device).unsqueeze(1)  # [N, L]
     if loss.aggregate == WINDOW_MEAN:
-        return scored / scored.sum().clamp_min(1) / len(prepared.windows[inner]) * loss.scale
+        return scored / scored.sum().clamp_min(1) / len(prepared.windows[inner])
     if loss.aggregate == ROW_MEAN:
-        return scored / scored.sum(1, keepdim=True).clamp_min(1) / max(prepared.row_pairs[inner], 1) * loss.scale
-    return scored / (batch.token_total / batch.world_size) * loss.scale  # TOKEN_MEAN: the global batch's tokens
+        return scored / scored.sum(1, keepdim=True).clamp_min(1) / max(prepared.row_pairs[inner], 1)
+    return scored / (batch.token_total / batch.world_size)  # TOKEN_MEAN: the global batch's tokens

@@ -139,8 +139,9 @@ def test_d2_segments_average_to_the_whole_trajectory_exactly(policy: Policy) -> 
     forced = []
     for n in range(segments):
         bounds = [(steps * n // segments, steps * (n + 1) // segments)]
-        prepared = prepare_windows(policy, batch, lambda inner, b=bounds: b, mu=1)
-        loss = WindowLoss(0.5, 0.0, aggregate=TOKEN_MEAN, scale=float(segments))
+        prepared = prepare_windows(policy, batch, lambda inner, b=bounds: b, mu=1,
+                                   row_weight=torch.full((4,), float(segments), dtype=torch.float64))
+        loss = WindowLoss(0.5, 0.0, aggregate=TOKEN_MEAN)
         forced.append(sum(float(t.loss.detach()) for t in window_loss_terms(policy, prepared, 0, loss)))
     every = prepare_windows(policy, batch, lambda inner: step_windows(steps, 1), mu=1)
     all_steps = WindowLoss(0.5, 0.0, aggregate=TOKEN_MEAN)
