@@ -44,14 +44,13 @@ class D2StepMergeConfig:
 
 def segment_counts(batch: Batch, segments: int) -> torch.Tensor:
     """Each row's segments: N, or its step count S when S < N (a segment is never empty) -> [N] long."""
-    steps = batch.rollout.trajectory.reveal_step.max(dim=1).values + 1  # [N] the row's own step count
-    return steps.clamp(min=1, max=segments)
+    return batch.rollout.trajectory.row_steps.clamp(min=1, max=segments)  # [N]
 
 
 def segment_window(batch: Batch, segments: int, inner: int) -> Window:
     """Each row's segment for update ``inner``: n uniform on {0..N_i - 1} (N_i = ``segment_counts``) from the row's
     seed, bounds [S n / N_i, S (n + 1) / N_i) of the row's own S steps -> ([N], [N])."""
-    steps = batch.rollout.trajectory.reveal_step.max(dim=1).values + 1  # [N]
+    steps = batch.rollout.trajectory.row_steps  # [N]
     counts = segment_counts(batch, segments)  # [N]
     n = torch.tensor([int(torch.randint(int(c), (1,), generator=g)) for c, g in
                       zip(counts.tolist(), generators(batch.row_seeds, DRAWS_STREAM, inner), strict=True)],

@@ -90,6 +90,11 @@ class Trajectory:
         """Steps of the longest row's trajectory (windows cover [0, steps))."""
         return int(self.reveal_step.max()) + 1 if self.reveal_step.numel() else 0
 
+    @property
+    def row_steps(self) -> torch.Tensor:
+        """[N] long: each row's own step count (its last reveal step + 1)."""
+        return self.reveal_step.max(dim=1).values + 1
+
     def state(self, completion_ids: torch.Tensor, mask_id: int, step: int | torch.Tensor) -> torch.Tensor:
         """The completion [N, L] as it stood before ``step`` (one for all rows, or [N], one per row): committed
         tokens, mask elsewhere."""
