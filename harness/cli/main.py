@@ -16,7 +16,7 @@ import typer
 
 from harness.cli import bench as cli_bench
 from harness.cli import sweep as cli_sweep
-from harness.cli.bench import bench_app
+from harness.cli.bench import bench_app, bench_command
 from harness.cli.common import (
     LOCAL,
     USAGE_EXIT,
@@ -31,6 +31,7 @@ from harness.cli.common import (
     spec_command,
 )
 from harness.cli.sweep import execute
+from harness.runs.lm_eval_run import LmEvalRun, model_label, run_lm_eval
 from harness.runs.registry import lookup
 from harness.runs.sweep import RECIPES, SweepSpec
 from objectives import OBJECTIVES
@@ -115,6 +116,28 @@ spec_command(app, "eval", RECIPES["compare"], run_eval, LOCAL,
              metric with a 95% interval, per-item records in OUT/eval/. Its settings are compare's, under the same
              flags, so a run's evaluation protocol is repeated by passing the same --eval-* values.""",
              keep=evaluated)
+
+
+LM_EVAL_SETTINGS = ("model", "device", "threads", "dtype", "logits_chunk", "trust_remote_code", "data_dir")
+"""The settings of the sweep spec that `harness lm-eval` takes, under compare's flags (the rest: ``LmEvalRun``)."""
+
+
+def lm_eval_command(spec, run: LmEvalRun, out: Path) -> None:  # noqa: ANN001 - a SweepSpec
+    """lm-eval's table of each task's metrics, and where the records are."""
+    with console.status(f"lm-eval: {','.join(run.tasks)} on the {spec.model} model"):
+        results = run_lm_eval(spec, run, out)
+    if results is not None:
+        from lm_eval.utils import make_table
+
+        console.print(make_table(results), highlight=False)
+        console.print(f"records: {out / 'lm-eval' / (run.name or model_label(spec.model))}")
+
+
+command(app, "lm-eval")(bench_command(
+    """A model (a checkpoint folder, an exported policy, 'tiny') on lm-evaluation-harness's tasks (the lm-eval
+    extra): generation through the harness's sampler, log-likelihood through its ELBO estimators, with a
+    standard error per answer. Results, samples and likelihoods in OUT/lm-eval/NAME/.""",
+    lm_eval_command, LmEvalRun(), keys=LM_EVAL_SETTINGS))
 
 
 @command(app)

@@ -29,9 +29,9 @@ from harness.model.bounds import KIND_NAMES, bound_problem
 from harness.runs.registry import UnknownName, lookup
 
 SCALARS = (bool, int, float, str)
-FLAT_PARTS = ("train", "policy", "checkpoint")
+FLAT_PARTS = ("train", "policy", "checkpoint", "model_args")
 """Configs whose settings are named without their path: ``train.lr`` -> ``lr``, ``policy.lora_r`` -> ``lora_r``,
-``checkpoint.save_every`` -> ``save_every``."""
+``checkpoint.save_every`` -> ``save_every``, ``model_args.n_draws`` -> ``n_draws`` (`harness lm-eval`)."""
 
 
 @dataclass(frozen=True)
