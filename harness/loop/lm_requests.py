@@ -3,8 +3,9 @@ extra): ``lm_eval_model.py`` wraps these functions in lm-eval's model interface.
 
 - ``generate_until``: the one sampler (``rollout.generate``) under the decoding protocol of ``LmEvalModelConfig``,
   cut at the request's ``until`` strings; the sampler already stops at the family's end tokens (EOS, LLaDA's
-  end of turn). Contexts are left-padded to the widest of the call, as ``harness eval`` pads a split: an item's
-  positions do not depend on the batch it lands in, so the same items under the same protocol decode the same.
+  end of turn). Contexts are left-padded to the widest of the call (over all processes), as ``harness eval`` pads
+  a split: an item's positions do not depend on the batch or process it lands in, so the same items under the
+  same protocol decode the same.
 - ``loglikelihood``: the continuation's ELBO given the context (``model/likelihood.py``) with its standard error,
   and ``is_greedy`` from one fully masked forward.
 - ``loglikelihood_rolling``: the text cut into lm-eval's disjoint windows of ``max_length`` tokens, each window's
@@ -86,12 +87,12 @@ def cut_at(text: str, until: Sequence[str]) -> str:
 
 
 def generate_texts(policy, contexts: Sequence[Sequence[int]], seeds: Sequence[int],  # noqa: ANN001
-                   cfg: LmEvalModelConfig) -> list[str]:
+                   cfg: LmEvalModelConfig, width: int = 0) -> list[str]:
     """Completions of the context ids under ``cfg.rollout``, ``cfg.batch_size`` rows at a time, all left-padded to
-    the widest context (module docstring)."""
+    the widest context or ``width`` (every process's widest: module docstring)."""
     if not contexts:
         return []
-    ids, mask = policy.pad_left(contexts)
+    ids, mask = policy.pad_left(contexts, width)
     texts: list[str] = []
     for start in range(0, len(contexts), cfg.batch_size):
         rows = slice(start, start + cfg.batch_size)

@@ -161,10 +161,10 @@ class Policy:
                  for c in conversations]
         return self.pad_left([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts])
 
-    def pad_left(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token id lists left-padded to the widest: ids [B, P] and a bool attention mask [B, P] (False on padding),
-        on the policy's device."""
-        width = max(len(e) for e in encoded)
+    def pad_left(self, encoded: Sequence[Sequence[int]], width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id lists left-padded to the widest (or to ``width`` when wider): ids [B, P] and a bool attention
+        mask [B, P] (False on padding), on the policy's device."""
+        width = max(width, *(len(e) for e in encoded))
         ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)  # [B, P]
         mask = torch.zeros((len(encoded), width), dtype=torch.bool)  # [B, P]
         for row, e in enumerate(encoded):

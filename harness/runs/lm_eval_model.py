@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
@@ -130,7 +131,10 @@ class HarnessLM(LM):
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         tokenizer = self.policy.tokenizer
         contexts = [encode(tokenizer, request.args[0], not self.templated) for request in requests]
-        texts = generate_texts(self.policy, contexts, self._seeds(requests), self.config)
+        width = max((len(c) for c in contexts), default=0)
+        if self.world_size > 1:  # every process pads to the widest of all (lm-eval gives each the same count)
+            width = int(self.all_gather(torch.tensor([width], device=self.device)).max())
+        texts = generate_texts(self.policy, contexts, self._seeds(requests), self.config, width)
         return [cut_at(text, request.args[1].get("until") or []) for text, request in zip(texts, requests,
                                                                                         strict=True)]
 

@@ -60,8 +60,7 @@ def task_manager(run: LmEvalRun) -> Any:
         raise ValueError("--tasks: empty (name lm-eval tasks, e.g. --tasks gsm8k)")
     if run.include_path and not Path(run.include_path).is_dir():
         raise ValueError(f"--include-path {run.include_path!r}: no such folder")
-    manager = TaskManager(include_path=run.include_path or None, include_defaults=run.builtin_tasks,
-                          verbosity="ERROR")
+    manager = TaskManager(include_path=run.include_path or None, include_defaults=run.builtin_tasks)
     known = dict.fromkeys(manager.all_tasks)
     for name in run.tasks:
         lookup("lm-eval task", name, known)
@@ -99,7 +98,7 @@ def run_lm_eval(spec: SweepSpec, run: LmEvalRun, out: Path) -> dict[str, Any] | 
     folder = out / "lm-eval" / (run.name or model_label(spec.model))
     write_outputs(folder, results, [row for rows in likelihoods for row in rows], {
         "model": spec.model, "model_path": str(model_path), "policy": dataclasses.asdict(spec.policy),
-        "run": dataclasses.asdict(run)}, policy.device)
+        "run": dataclasses.asdict(run), "processes": model.world_size}, policy.device)
     return results
 
 
