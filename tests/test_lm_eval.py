@@ -210,6 +210,17 @@ def test_rolling_loglikelihood_sums_the_elbos_of_disjoint_windows(policy64: Poli
     assert [row["tokens"] for row in windowed.likelihoods] == [8, 8, 4] and len(tokens) == 20
 
 
+def test_pairs_split_as_lm_eval_splits_them_and_completions_are_cut_at_the_first_until(policy64: Policy) -> None:
+    from harness.loop.lm_requests import cut_at, split_pair
+
+    tokenizer = policy64.tokenizer
+    context, continuation = split_pair(tokenizer, "ab ", "cd", special=False)
+    assert context == tokenizer("ab", add_special_tokens=False)["input_ids"]
+    assert continuation == tokenizer(" cd", add_special_tokens=False)["input_ids"]  # the space moved over
+    assert cut_at("x = 1\n\nQuestion: next", ["Question:", "\n\n"]) == "x = 1"
+    assert cut_at("no stop here", ["Question:", ""]) == "no stop here"
+
+
 # ---- model arguments and the registry --------------------------------------------------------------------------------
 def test_model_arguments_are_the_config_fields_and_a_bad_one_is_named() -> None:
     args = parse_model_args({"rollout_gen_length": 256, "rollout_block_length": "32", "rollout_steps": 256,

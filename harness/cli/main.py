@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from harness.bench.likelihood import LikelihoodBench
 from harness.cli import bench as cli_bench
 from harness.cli import sweep as cli_sweep
 from harness.cli.bench import bench_app, bench_command
@@ -138,6 +139,31 @@ command(app, "lm-eval")(bench_command(
     extra): generation through the harness's sampler, log-likelihood through its ELBO estimators, with a
     standard error per answer. Results, samples and likelihoods in OUT/lm-eval/NAME/.""",
     lm_eval_command, LmEvalRun(), keys=LM_EVAL_SETTINGS))
+
+
+def likelihood_command(spec, options: LikelihoodBench, out: Path) -> None:  # noqa: ANN001 - a SweepSpec
+    """Measure every estimator on the model's answers; OUT/bench/NAME.json and .md."""
+    import torch
+
+    from harness.bench.likelihood import likelihood_bench, likelihood_markdown
+    from harness.cli.bench import write_outputs
+    from harness.model.policy import Policy
+    from harness.runs.pipeline import resolve_model
+    from harness.runs.records import environment
+
+    torch.set_num_threads(spec.threads)
+    policy = Policy.from_pretrained(resolve_model(spec.model, data_dir=spec.data_dir), dtype=torch.float64)
+    with console.status("repeating every estimate at every number of draws"):
+        result = likelihood_bench(policy, options)
+    label = model_label(spec.model)
+    write_outputs(out / "bench", options.name or "likelihood", {"model": label, **result, **environment(policy.device)},
+                  likelihood_markdown(result, label))
+
+
+command(bench_app, "likelihood")(bench_command(
+    """Forwards per answer each ELBO estimator needs for a standard error of --target nats (t-iid, LLaDA's Eq. 6
+    form, against the default l-stratified), from repeated estimates on the tiny model's Sudoku answers.""",
+    likelihood_command, LikelihoodBench(), keys=("model", "threads", "data_dir")))
 
 
 @command(app)

@@ -15,9 +15,10 @@ t. ``continuation_elbo`` estimates it with the ELBO module's draws (``elbo.sampl
 
 The standard error is the spread of the draws' terms over sqrt(K) (of the pairs' means for the complementary
 estimator). It is exact for t-iid, whose draws are independent; for the stratified estimators (the draws' mask
-sizes are evenly spaced, not independent) it is the error the same draws would have if they were independent,
-an overestimate whenever stratification helps; ``harness bench likelihood`` measures the true spread over repeated
-estimates beside it. Departure from LLaDA's ``eval_llada.py``: its draws restart the stratification in every
+sizes are evenly spaced, not independent) it is the error the same draws would have if they were independent;
+``harness bench likelihood`` measures the true spread over repeated estimates beside it.
+
+Departures from LLaDA's ``eval_llada.py``: its draws restart the stratification in every
 mini-batch of ``batch_size`` draws, here one stratified set spans all K draws; ``is_greedy`` is read from one forward
 with the whole continuation masked (the argmax at every position is the continuation's token), not LLaDA's
 token-by-token greedy decoding (its script turns the check off: ``is_check_greedy=False``).

@@ -13,7 +13,8 @@ and tokens) for the caller to write beside lm-eval's results.
 
 Chat templates: lm-eval calls ``apply_chat_template`` when asked to (``--apply_chat_template``); a context that a
 template made already holds its special tokens, so the model encodes it without adding any; a plain context gets
-the tokenizer's (BOS where it adds one), as lm-eval's Hugging Face model does.
+the tokenizer's (BOS where it adds one), as lm-eval's Hugging Face model does. lm-eval does not tell the model which
+it did, so the model notes the call: one model object per evaluation (`harness lm-eval` builds one).
 """
 
 from __future__ import annotations
