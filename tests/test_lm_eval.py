@@ -219,6 +219,7 @@ def test_pairs_split_as_lm_eval_splits_them_and_completions_are_cut_at_the_first
     assert continuation == tokenizer(" cd", add_special_tokens=False)["input_ids"]  # the space moved over
     assert cut_at("x = 1\n\nQuestion: next", ["Question:", "\n\n"]) == "x = 1"
     assert cut_at("no stop here", ["Question:", ""]) == "no stop here"
+    assert cut_at("a</s>b", "</s>") == "a"  # one string, not its characters
 
 
 # ---- model arguments and the registry --------------------------------------------------------------------------------
@@ -245,6 +246,18 @@ def test_lm_eval_finds_the_model_by_its_registered_name(model: Path) -> None:
     assert (lm.rank, lm.world_size) == (0, 1) and lm.policy.source == model.resolve()
 
 
+def test_lm_evals_own_command_line_runs_the_registered_model(random_model: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "harness.runs.lm_eval_model", "run", "--model", MODEL_NAME, "--model_args",
+               f"pretrained={random_model},n_draws=4,rollout_gen_length=16,rollout_block_length=8,rollout_steps=8",
+               "--tasks", LAST_ROW, "--include_path", str(TASKS), "--limit", "2", "--device", "cpu",
+               "--output_path", str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert written["results"][LAST_ROW]["acc,none"] in (0.0, 0.5, 1.0) and written["config"]["model"] == MODEL_NAME
+
+
 # ---- real layouts, bad input, processes ------------------------------------------------------------------------------
 def test_a_llada_layout_checkpoint_runs_without_remote_code(tmp_path: Path, monkeypatch, capsys) -> None:
     folder = llada_folder(tmp_path)
@@ -265,6 +278,7 @@ def test_a_llada_layout_checkpoint_runs_without_remote_code(tmp_path: Path, monk
     (["--tasks", ""], "--tasks: empty"),
     (["--estimator", "complementary", "--n-draws", "3"], "n_t=3"),
     (["--include-path", "/no/such/folder"], "--include-path"),
+    (["--tasks", "harness_sudoku_unsafe"], "harness_sudoku_unsafe runs model-written code outside a sandbox"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(model: Path, tmp_path: Path, flags: list[str], culprit: str,
                                                    monkeypatch, capsys) -> None:

@@ -83,9 +83,10 @@ def split_pair(tokenizer, context: str, continuation: str, special: bool) -> tup
     return whole[:len(head)], whole[len(head):]
 
 
-def cut_at(text: str, until: Sequence[str]) -> str:
-    """``text`` up to the earliest of the ``until`` strings."""
-    ends = [text.find(stop) for stop in until if stop and stop in text]
+def cut_at(text: str, until: str | Sequence[str]) -> str:
+    """``text`` up to the earliest of the ``until`` strings (a task may give one string)."""
+    stops = [until] if isinstance(until, str) else until
+    ends = [text.find(stop) for stop in stops if stop and stop in text]
     return text[:min(ends)] if ends else text
 
 

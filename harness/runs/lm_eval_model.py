@@ -1,8 +1,9 @@
 """The harness's policy as an lm-evaluation-harness model, registered as ``dllm-harness``.
 
 ``harness lm-eval`` runs it; from Python, importing this module registers it for ``lm_eval.simple_evaluate(
-model="dllm-harness", model_args="pretrained=FOLDER,rollout_gen_length=256,...")`` (lm-eval's own command line
-loads no plugin models). ``pretrained`` is 'tiny' or a checkpoint folder (LLaDA, Dream, an exported policy, loaded
+model="dllm-harness", model_args="pretrained=FOLDER,rollout_gen_length=256,...")``; lm-eval's own command line loads
+no plugin models, so ``python -m harness.runs.lm_eval_model run --model dllm-harness --model_args ...`` is that
+command line with this model registered. ``pretrained`` is 'tiny' or a checkpoint folder (LLaDA, Dream, an exported policy, loaded
 natively: no remote code); every other model argument is a field of ``LmEvalModelConfig`` (``lm_requests.py``) or
 one of ``POLICY_KEYS``, by the same name as its `harness lm-eval` flag; an unknown one is a ValueError naming it.
 
@@ -181,3 +182,9 @@ class HarnessLM(LM):
     def barrier(self) -> None:
         if self.world_size > 1:
             process_state(self.device).wait_for_everyone()
+
+
+if __name__ == "__main__":  # lm-eval's own command line, with this model registered (module docstring)
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()

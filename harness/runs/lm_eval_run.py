@@ -87,11 +87,18 @@ def run_lm_eval(spec: SweepSpec, run: LmEvalRun, out: Path) -> dict[str, Any] | 
     model_path = resolve_model(spec.model, data_dir=spec.data_dir)
     policy = Policy.from_pretrained(model_path, device=process_device(resolve_device(spec.device)), config=spec.policy)
     model = HarnessLM.from_policy(policy, run.model_args)
-    results = lm_eval.simple_evaluate(
-        model=model, tasks=list(run.tasks), num_fewshot=run.num_fewshot, limit=run.limit or None,
-        task_manager=manager, apply_chat_template=run.apply_chat_template,
-        fewshot_as_multiturn=run.apply_chat_template, log_samples=True, random_seed=run.model_args.seed,
-        confirm_run_unsafe_code=False)
+    try:
+        results = lm_eval.simple_evaluate(
+            model=model, tasks=list(run.tasks), num_fewshot=run.num_fewshot, limit=run.limit or None,
+            task_manager=manager, apply_chat_template=run.apply_chat_template,
+            fewshot_as_multiturn=run.apply_chat_template, log_samples=True, random_seed=run.model_args.seed,
+            confirm_run_unsafe_code=False)
+    except ValueError as error:
+        if "marked as unsafe" not in str(error):
+            raise
+        raise ValueError(f"--tasks: {str(error).split('task: ')[-1].split(' ')[0]} runs model-written code outside "
+                         f"a sandbox, which this project never does: `harness eval --tasks humaneval,mbpp` scores "
+                         f"them in the sandbox") from None
     likelihoods = model.gather_object(model.likelihoods)
     if results is None or likelihoods is None:  # not process 0
         return None
