@@ -3,9 +3,10 @@
 ``harness lm-eval`` runs it; from Python, importing this module registers it for ``lm_eval.simple_evaluate(
 model="dllm-harness", model_args="pretrained=FOLDER,rollout_gen_length=256,...")``; lm-eval's own command line loads
 no plugin models, so ``python -m harness.runs.lm_eval_model run --model dllm-harness --model_args ...`` is that
-command line with this model registered. ``pretrained`` is 'tiny' or a checkpoint folder (LLaDA, Dream, an exported policy, loaded
-natively: no remote code); every other model argument is a field of ``LmEvalModelConfig`` (``lm_requests.py``) or
-one of ``POLICY_KEYS``, by the same name as its `harness lm-eval` flag; an unknown one is a ValueError naming it.
+command line with this model registered. ``pretrained`` is 'tiny' or a checkpoint folder (LLaDA, Dream, an
+exported policy, loaded natively: no remote code); every other model argument is a field of ``LmEvalModelConfig``
+(``lm_requests.py``) or one of ``POLICY_KEYS``, by the same name as its `harness lm-eval` flag; an unknown one is a
+ValueError naming it.
 
 Under ``accelerate launch`` every process loads the model on its own device and answers the share of the requests
 lm-eval's evaluator gives it (``rank``, ``world_size``); the evaluator gathers the metrics on process 0 through
