@@ -162,7 +162,8 @@ def likelihood_command(spec, options: LikelihoodBench, out: Path) -> None:  # no
 
 command(bench_app, "likelihood")(bench_command(
     """Forwards per answer each ELBO estimator needs for a standard error of --target nats (t-iid, LLaDA's Eq. 6
-    form, against the default l-stratified), from repeated estimates on the tiny model's Sudoku answers.""",
+    form; LLaDA's script's strata; l-stratified; against lm-eval's default, complementary), from repeated estimates
+    on the tiny model's Sudoku answers. Written to OUT/bench/NAME.json and .md.""",
     likelihood_command, LikelihoodBench(), keys=("model", "threads", "data_dir")))
 
 
