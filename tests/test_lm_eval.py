@@ -246,6 +246,7 @@ def test_lm_eval_finds_the_model_by_its_registered_name(model: Path) -> None:
     assert (lm.rank, lm.world_size) == (0, 1) and lm.policy.source == model.resolve()
 
 
+@pytest.mark.slow
 def test_lm_evals_own_command_line_runs_the_registered_model(random_model: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "harness.runs.lm_eval_model", "run", "--model", MODEL_NAME, "--model_args",
                f"pretrained={random_model},n_draws=4,rollout_gen_length=16,rollout_block_length=8,rollout_steps=8",
