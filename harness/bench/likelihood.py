@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from harness.loop.lm_requests import LmEvalModelConfig
+from harness.loop.lm_requests import LmEvalModelConfig, encode
 from harness.model.elbo import Draws, ElboConfig, sample_draws
 from harness.model.likelihood import continuation_elbo, token_terms
 from harness.model.policy import Policy
@@ -70,8 +70,8 @@ def answer_pairs(policy: Policy, answers: int, given: int) -> list[tuple[torch.T
     pairs = []
     for item in task.load("test")[:answers]:
         prompt = policy.tokenizer.apply_chat_template(task.prompt(item), add_generation_prompt=True, tokenize=False)
-        encode = lambda text: torch.tensor(policy.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-        pairs.append((encode(prompt + "<answer>\n" + item.answer[:given]), encode(item.answer[given:])))
+        pairs.append((torch.tensor(encode(policy.tokenizer, prompt + "<answer>\n" + item.answer[:given], False)),
+                      torch.tensor(encode(policy.tokenizer, item.answer[given:], False))))
     return pairs
 
 

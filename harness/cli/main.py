@@ -91,7 +91,7 @@ def run_eval(spec: SweepSpec, out: Path) -> None:
     with console.status("preparing the model"):
         model_path = resolve_model(spec.model, data_dir=spec.data_dir)
         policy = Policy.from_pretrained(model_path, device=dev, config=spec.policy)
-    label = "tiny" if spec.model == "tiny" else Path(spec.model).name
+    label = model_label(spec.model)
     for name, task in tasks.items():
         with console.status(f"decoding {len(items[name])} {name} {spec.eval.split} items"):
             result = evaluate(policy, task, items[name], spec.eval.rollout, spec.eval.batch_size)

@@ -17,7 +17,6 @@ not depend on the number of processes or on which one answers it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -57,12 +56,6 @@ class LmEvalModelConfig:
         check_bounds(self)
         self.rollout.validate()
         ElboConfig(estimator=self.estimator).check_draws(self.n_draws)
-
-
-def request_seed(seed: int, *key: str | int) -> int:
-    """A request's seed from the run's seed and what it answers (task name, document id, choice index)."""
-    text = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
-    return stream_seed(seed, int.from_bytes(text, "little") >> 1)
 
 
 def encode(tokenizer, text: str, special: bool) -> list[int]:  # noqa: ANN001

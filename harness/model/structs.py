@@ -18,10 +18,12 @@ ROLLOUT_STREAM, DRAWS_STREAM, PROMPT_MASK_STREAM = 0, 1, 2
 """The random streams of one sequence (row): its rollout noise, its ELBO draws, its prompt masks (diffu-GRPO)."""
 
 
-def stream_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, e.g. (run seed, step, global row) or (row seed, stream): distinct tuples give
-    unrelated seeds, so every row of every step draws its own noise, whatever process it lands on."""
-    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+def stream_seed(*parts: int | str) -> int:
+    """A 63-bit seed from integers (and names), e.g. (run seed, step, global row), (row seed, stream) or (seed, task
+    name, document, choice): distinct tuples give unrelated seeds, so every row of every step draws its own noise,
+    whatever process it lands on. Integer tuples hash as they always have (names are new parts, not new digests)."""
+    key = tuple(p if isinstance(p, str) else int(p) for p in parts)
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 

@@ -36,12 +36,12 @@ from harness.loop.lm_requests import (
     encode,
     generate_texts,
     pair_likelihood,
-    request_seed,
     rolling_likelihood,
     split_pair,
 )
 from harness.model.device import process_device, process_state, resolve_device
 from harness.model.policy import Policy, PolicyConfig
+from harness.model.structs import stream_seed
 from harness.runs.settings import parse_values, replace, setting_of, spec_settings
 
 MODEL_NAME = "dllm-harness"
@@ -92,9 +92,10 @@ class HarnessLM(LM):
     @classmethod
     def from_policy(cls, policy: Policy, config: LmEvalModelConfig | None = None) -> HarnessLM:
         """A model over a policy already in memory (one being trained, a test's)."""
+        config = config or LmEvalModelConfig()
+        config.validate()
         model = cls.__new__(cls)
-        (config or LmEvalModelConfig()).validate()
-        model._setup(policy, config or LmEvalModelConfig())
+        model._setup(policy, config)
         return model
 
     def _setup(self, policy: Policy, config: LmEvalModelConfig) -> None:
@@ -126,8 +127,8 @@ class HarnessLM(LM):
         seen: Counter = Counter()
         seeds = []
         for request in requests:
-            key = (request.task_name, request.doc_id, request.idx)
-            seeds.append(request_seed(self.config.seed, *key, seen[key]))
+            key = (request.task_name or "", request.doc_id, request.idx)
+            seeds.append(stream_seed(self.config.seed, *key, seen[key]))
             seen[key] += 1
         return seeds
 
